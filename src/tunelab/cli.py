@@ -1,0 +1,114 @@
+"""`tunelab` command line: parse, load the config, call a stage, show the result. No logic here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help=(
+        "Fine-tune a small causal LM on your dataset and measure it honestly.\n\n"
+        "Typical use: write a YAML config (see examples/), then `tunelab train CONFIG`; it splits the "
+        "data into train/test without leakage, trains (full, LoRA or QLoRA), and scores the base and "
+        "the tuned model on the untouched test split."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (sections data, model, train, evaluate, output_dir).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)."),
+]
+OutputOption = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (overrides output_dir).")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    logging.getLogger("tunelab").setLevel(logging.INFO)
+
+
+def _fail(error: TunelabError) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs too.")] = False):
+    _setup_logging(verbose)
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOption = None,
+    output_dir: OutputOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the run directory.")] = False,
+):
+    """Split the data, fine-tune the model and (by default) evaluate it on the test split.
+
+    Writes RUN_DIR/config.yaml (resolved), data/{train,validation,test}.jsonl, checkpoints/,
+    model/ (adapter or full weights as safetensors, tokenizer, loss.png), train_log.jsonl and eval/.
+    """
+    from tunelab.workflow import train_run
+
+    try:
+        summary, metrics = train_run(config, set_ or [], output_dir, resume)
+    except TunelabError as error:
+        _fail(error)
+    console.print(
+        f"trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
+        f"(effective batch {summary['effective_batch_size']}, final train loss {summary['train_loss']:.4f})"
+    )
+    if metrics:
+        _show_metrics(metrics)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `tunelab train`.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Score this file (same columns as training) instead of test split.")
+    ] = None,
+    set_: SetOption = None,
+):
+    """Score the base and the tuned model with identical prompts (greedy decoding).
+
+    Writes eval/metrics.json ({"base": ..., "tuned": ..., "n_test": ...}), eval/predictions.jsonl
+    and confusion matrices for label tasks.
+    """
+    from tunelab.workflow import evaluate_run
+
+    try:
+        metrics = evaluate_run(run_dir, data, set_ or [])
+    except TunelabError as error:
+        _fail(error)
+    _show_metrics(metrics)
+
+
+def _show_metrics(metrics: dict) -> None:
+    names = [name for name in ("base", "tuned") if name in metrics]
+    keys = ["accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity"]
+    table = Table(title=f"test metrics (n={metrics['n_test']})")
+    table.add_column("metric")
+    for name in names:
+        table.add_column(name, justify="right")
+    for key in keys:
+        if key in metrics[names[-1]]:
+            table.add_row(key, *[f"{metrics[name][key]:.4f}" for name in names])
+    Console().print(table)

@@ -1,0 +1,198 @@
+"""The one typed config every stage reads.
+
+A run is described by a single YAML file. Every section is a pydantic model that forbids unknown
+keys, so a typo is an error naming the key and the allowed ones instead of a silently ignored
+setting. `load_config` applies `--set section.key=value` overrides and returns the resolved config,
+which `save_config` writes into the run directory with every default filled in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import TunelabError
+
+DEFAULT_GPU_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+DEFAULT_SYSTEM_PROMPT = "Given the patient's symptoms, answer with the most likely diagnosis."
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the examples come from and how their columns map onto a chat."""
+
+    source: str = Field(description="CSV, JSONL, JSON or Parquet file, or a Hugging Face dataset id.")
+    hub_split: str = Field("train", description="Split to read when `source` is a Hub dataset id.")
+    test_file: str | None = Field(None, description="Own test file with the same columns; else split.")
+    input_column: str | None = Field(None, description="User text column (label or free-text tasks).")
+    label_column: str | None = Field(None, description="Class label column: a classification task.")
+    completion_column: str | None = Field(None, description="Free-text answer column.")
+    messages_column: str | None = Field(None, description="Column holding a list of chat messages.")
+    system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="Instruction sent first.")
+    test_size: float = Field(0.2, gt=0, lt=1, description="Share of distinct rows held out for test.")
+    validation_size: float = Field(0.0, ge=0, lt=1, description="Share held out for validation.")
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many training rows.")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> DataConfig:
+        if self.messages_column:
+            if self.input_column or self.completion_column:
+                raise ValueError("set either messages_column or input_column, not both")
+            return self
+        if not self.input_column:
+            raise ValueError("set input_column (with label_column or completion_column) or messages_column")
+        if bool(self.label_column) == bool(self.completion_column):
+            raise ValueError("set exactly one of label_column and completion_column")
+        return self
+
+
+class ModelConfig(Section):
+    """The base model: a Hub id, a local directory, or a local GGUF file."""
+
+    name_or_path: str = Field(DEFAULT_GPU_MODEL, description="Hub id, model directory or .gguf file.")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name_or_path` (a directory).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub; off for safety.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that supports it, else float32."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    cache_dir: str | None = Field(None, description="Where converted GGUF models are cached.")
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0, description="Rank of the update BA.")
+    alpha: int = Field(32, gt=0, description="Scale: the update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt; all-linear adapts every linear layer."
+    )
+
+
+class TrainConfig(Section):
+    method: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full: all weights; lora: W + BA adapters; qlora: 4-bit NF4 base + LoRA."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float = Field(2e-4, gt=0)
+    per_device_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Positive: stop after this many optimizer steps (beats epochs).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(512, gt=8, description="Token limit per example; longer prompts are cut.")
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(100, gt=0, description="Checkpoint every this many optimizer steps.")
+    save_total_limit: int = Field(2, gt=0)
+    gradient_checkpointing: bool = False
+    num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")
+    evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
+
+
+class EvaluateConfig(Section):
+    max_new_tokens: int = Field(32, gt=0, description="Answer budget; reasoning models need more.")
+    batch_size: int = Field(16, gt=0)
+    compare_base: bool = Field(True, description="Also score the untuned base model, same prompts.")
+    max_examples: int | None = Field(None, gt=0, description="Score only the first N test rows.")
+    num_examples_shown: int = Field(5, ge=0, description="Example predictions printed at the end.")
+
+
+class TunelabConfig(Section):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    output_dir: str = Field("runs/default", description="The run directory.")
+    seed: int = 42
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (numbers, lists, booleans)."""
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise TunelabError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value != "" else ""
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `path`, to list its allowed keys in errors."""
+    model: type[BaseModel] = TunelabConfig
+    for key in path[:-1]:
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(first["loc"])
+        allowed = ", ".join(sorted(owner.model_fields)) if owner else "?"
+        return f"{origin}: unknown key '{location}' (allowed: {allowed})"
+    if first["type"] == "missing":
+        return f"{origin}: missing required key '{location}'"
+    where = f"'{location}'" if location else "config"
+    return f"{origin}: {where}: {first['msg']}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TunelabConfig:
+    """Read, override and validate a YAML config; any problem is one TunelabError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TunelabError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise TunelabError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides or []:
+        if "=" not in override:
+            raise TunelabError(f"--set {override}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+        dotted, raw_value = override.split("=", 1)
+        _set_dotted(tree, dotted.strip(), raw_value.strip())
+    try:
+        config = TunelabConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise TunelabError(_describe(exc, str(path))) from None
+    return _resolve_relative_paths(config, path.parent)
+
+
+def _resolve_relative_paths(config: TunelabConfig, base: Path) -> TunelabConfig:
+    """Data and model paths in a config are relative to the config file, like in most tools."""
+    for section, key in (("data", "source"), ("data", "test_file"), ("model", "name_or_path")):
+        owner = getattr(config, section)
+        value = getattr(owner, key)
+        if value and not Path(value).is_absolute() and (base / value).exists():
+            setattr(owner, key, str((base / value).resolve()))
+    return config
+
+
+def save_config(config: TunelabConfig, path: Path) -> None:
+    from tunelab.rundir import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def config_from_run_dir(run_dir: Path) -> TunelabConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise TunelabError(f"{run_dir}: not a tunelab run directory (no config.yaml)")
+    return load_config(path)

@@ -1,0 +1,75 @@
+"""Exact de-duplication and the stratified train/validation/test split.
+
+Duplicates are removed *before* splitting, so the same text can never be in both train and test;
+the split is stratified by label with a fixed seed so every label is tested in proportion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from typing import Any
+
+from sklearn.model_selection import train_test_split
+
+from tunelab.data.examples import prompt_messages
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalized_key(example: dict[str, Any]) -> str:
+    """Hash of the prompt with case and white space folded: what makes two rows 'the same text'."""
+    text = "\n".join(m["content"] for m in prompt_messages(example))
+    return hashlib.sha1(_SPACE.sub(" ", text).strip().lower().encode()).hexdigest()
+
+
+def drop_exact_duplicates(
+    examples: list[dict[str, Any]], reserved: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Keep the first of each group of equal prompts; also drop rows equal to a `reserved` one.
+
+    Returns the kept rows and, for each dropped row, a record naming the kept twin.
+    """
+    first_seen = {normalized_key(example): example["id"] for example in reserved or []}
+    kept, dropped = [], []
+    for example in examples:
+        key = normalized_key(example)
+        if key in first_seen:
+            dropped.append({"id": example["id"], "duplicate_of": first_seen[key], "example": example})
+        else:
+            first_seen[key] = example["id"]
+            kept.append(example)
+    return kept, dropped
+
+
+def stratified_split(
+    examples: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split off `fraction` of the rows, stratified by label when rows have labels.
+
+    Labels with a single row cannot be in both parts; they stay on the first (training) side.
+    """
+    if not examples or fraction <= 0:
+        return list(examples), []
+    labels = [example.get("label") for example in examples]
+    if labels[0] is None:
+        return _as_lists(train_test_split(examples, test_size=fraction, random_state=seed))
+    counts = Counter(labels)
+    splittable = [example for example in examples if counts[example["label"]] > 1]
+    singletons = [example for example in examples if counts[example["label"]] == 1]
+    n_held = max(round(len(splittable) * fraction), len(set(e["label"] for e in splittable)))
+    if n_held >= len(splittable):
+        return list(examples), []
+    kept, held = train_test_split(
+        splittable, test_size=n_held, random_state=seed, stratify=[e["label"] for e in splittable]
+    )
+    return list(kept) + singletons, list(held)
+
+
+def _as_lists(parts: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return list(parts[0]), list(parts[1])
+
+
+def label_counts(examples: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(e["label"] for e in examples if "label" in e).items()))

@@ -1,0 +1,1 @@
+"""Evaluate stage: generate answers on the test split and score base vs tuned."""

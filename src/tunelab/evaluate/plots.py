@@ -1,0 +1,54 @@
+"""Pictures people would rather look at than read: the loss curve and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    validation = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    if train:
+        axis.plot(*zip(*train, strict=True), label="train loss (answer tokens)")
+    if validation:
+        axis.plot(*zip(*validation, strict=True), "o-", label="validation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross-entropy")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_confusion(gold: list[str], predicted: list[str | None], labels: list[str], path: Path,
+                   title: str) -> None:
+    from sklearn.metrics import confusion_matrix
+
+    unknown = "(no label)"
+    columns = labels + ([unknown] if any(p is None for p in predicted) else [])
+    matrix = confusion_matrix(gold, [p or unknown for p in predicted], labels=columns)[: len(labels)]
+    size = max(5.0, 0.35 * len(columns) + 2)
+    figure, axis = plt.subplots(figsize=(size, size * len(labels) / len(columns) + 0.8))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(labels)), labels, fontsize=7)
+    for row in range(matrix.shape[0]):
+        for column in range(matrix.shape[1]):
+            if matrix[row, column]:
+                colour = "white" if matrix[row, column] > matrix.max() / 2 else "black"
+                axis.text(column, row, str(matrix[row, column]), ha="center", va="center",
+                          fontsize=6, color=colour)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("gold")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

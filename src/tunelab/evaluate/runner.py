@@ -1,0 +1,182 @@
+"""Score the base model and the tuned model on the same test prompts.
+
+Both models see identical prompts rendered with the base model's chat template and decode
+greedily. For LoRA runs the base model is the tuned one with its adapter switched off, so only
+one copy of the weights is in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from tunelab.config import TunelabConfig
+from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt
+from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
+from tunelab.data.load import load_rows
+from tunelab.errors import TunelabError
+from tunelab.evaluate.plots import plot_confusion
+from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
+from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
+from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize
+
+log = logging.getLogger(__name__)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int,
+                     batch_size: int, label: str) -> list[str]:
+    """Greedy generations for each example's prompt, batched with left padding."""
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"generating ({label})", total=len(examples))
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(_device(model))
+            generated = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+            )
+            new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            progress.advance(task, len(batch))
+    return outputs
+
+
+@torch.no_grad()
+def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: int, batch_size: int) -> dict:
+    """Mean cross-entropy over the gold answer tokens (teacher forcing) and its perplexity."""
+    total_loss, total_tokens = 0.0, 0
+    pad_id = tokenizer.pad_token_id
+    for start in range(0, len(examples), batch_size):
+        encoded = [encode_example(tokenizer, e, max_length) for e in examples[start:start + batch_size]]
+        width = max(len(e.input_ids) for e in encoded)
+        input_ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encoded])
+        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded])
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(e.input_ids) for e in encoded])[:, None])
+        device = _device(model)
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.long().to(device)).logits.float()
+        shifted_labels = labels[:, 1:].to(device)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), shifted_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        total_loss += loss.item()
+        total_tokens += int((shifted_labels != IGNORE_INDEX).sum())
+    mean = total_loss / max(total_tokens, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "answer_tokens": total_tokens}
+
+
+def score_model(model, tokenizer, examples, labels: list[str] | None, config: TunelabConfig,
+                name: str) -> tuple[dict[str, Any], list[str]]:
+    generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
+                                   config.evaluate.batch_size, name)
+    answers = [extract_answer(text) for text in generations]
+    gold = [answer_text(example) for example in examples]
+    metrics: dict[str, Any] = text_metrics(gold, answers)
+    if labels:
+        metrics |= label_metrics(gold, [match_label(a, labels) for a in answers], labels)
+    metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)
+    return metrics, generations
+
+
+def load_tuned(config: TunelabConfig, run_dir: RunDir):
+    """The fine-tuned model from model/, and a context manager that turns it into the base model."""
+    if not (run_dir.model / "config.json").is_file() and not (run_dir.model / "adapter_config.json").is_file():
+        raise TunelabError(f"{run_dir.root}: no trained model in model/ (run `tunelab train` first)")
+    source = materialize(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    if config.train.method == "full":
+        tuned = load_model(ModelSource(str(run_dir.model)), config.model)
+        return tuned, tokenizer, partial(_base_from_source, config, source)
+    from peft import PeftModel
+
+    base = load_model(source, config.model, quantize_4bit=config.train.method == "qlora")
+    tuned = PeftModel.from_pretrained(base, str(run_dir.model))
+    return tuned, tokenizer, partial(_adapter_off, tuned)
+
+
+@contextmanager
+def _adapter_off(model):
+    with model.disable_adapter():
+        yield model
+
+
+@contextmanager
+def _base_from_source(config: TunelabConfig, source):
+    model = load_model(source, config.model)
+    model.eval()
+    yield model
+
+
+def load_eval_examples(config: TunelabConfig, run_dir: RunDir, data_file: str | None) -> list[dict[str, Any]]:
+    if data_file:
+        return rows_to_examples(load_rows(data_file), config.data, data_file)
+    return read_jsonl(run_dir.split("test"))
+
+
+def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None = None) -> dict[str, Any]:
+    """Write eval/metrics.json, eval/predictions.jsonl and confusion matrices; return the metrics."""
+    torch.set_num_threads(config.train.num_threads or os.cpu_count() or 1)
+    examples = load_eval_examples(config, run_dir, data_file)
+    if config.evaluate.max_examples:
+        examples = examples[: config.evaluate.max_examples]
+    if not examples:
+        raise TunelabError(f"{data_file or run_dir.split('test')}: no test examples")
+    tuned, tokenizer, base_context = load_tuned(config, run_dir)
+    tuned.eval()
+    labels = _known_labels(run_dir, examples) if config.data.label_column else None
+    results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl"}
+    generations: dict[str, list[str]] = {}
+    results["tuned"], generations["tuned"] = score_model(tuned, tokenizer, examples, labels, config, "tuned")
+    if config.evaluate.compare_base:
+        with base_context() as base:
+            results["base"], generations["base"] = score_model(base, tokenizer, examples, labels, config, "base")
+    _write(run_dir, examples, labels, results, generations)
+    return results
+
+
+def _known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
+    """Labels seen in training (the model's vocabulary of answers) plus any in the scored data."""
+    train = read_jsonl(run_dir.split("train")) if run_dir.split("train").exists() else []
+    return sorted({e["label"] for e in train + examples if "label" in e})
+
+
+def _write(run_dir: RunDir, examples, labels, results, generations) -> None:
+    predictions = []
+    for index, example in enumerate(examples):
+        record = {"id": example.get("id"), "input": user_text(example), "gold": answer_text(example)}
+        for name, texts in generations.items():
+            record[f"{name}_answer"] = extract_answer(texts[index])
+            record[f"{name}_generation"] = texts[index]
+        predictions.append(record)
+    with staged_directory(run_dir.eval) as folder:
+        write_json(folder / "metrics.json", results)
+        write_jsonl(folder / "predictions.jsonl", predictions)
+        if labels:
+            gold = [answer_text(e) for e in examples]
+            for name, texts in generations.items():
+                predicted = [match_label(extract_answer(t), labels) for t in texts]
+                accuracy = results[name]["accuracy"]
+                plot_confusion(gold, predicted, labels, folder / f"confusion_{name}.png",
+                               f"{name} model, accuracy {accuracy:.3f}")
+
+
+def example_rows(run_dir: RunDir, count: int) -> list[dict[str, Any]]:
+    path: Path = run_dir.eval / "predictions.jsonl"
+    return read_jsonl(path)[:count] if path.exists() else []

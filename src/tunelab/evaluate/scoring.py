@@ -1,0 +1,69 @@
+"""Turn generated text into an answer and score answers against the gold ones."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+from tunelab.data.chat import strip_thinking
+
+_SPACE = re.compile(r"\s+")
+_EDGE_PUNCTUATION = string.punctuation + " \n\t"
+
+
+def normalize(text: str) -> str:
+    """Case, inner white space and surrounding punctuation do not change an answer."""
+    return _SPACE.sub(" ", text.lower()).strip(_EDGE_PUNCTUATION)
+
+
+def extract_answer(generated: str) -> str:
+    """The answer a user would read: after any thinking block, the first non-empty line."""
+    answer = strip_thinking(generated)
+    for line in answer.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def match_label(answer: str, labels: list[str]) -> str | None:
+    """The known label the answer names: an exact match, else the longest label it starts with."""
+    normalized = normalize(answer)
+    by_normal = {normalize(label): label for label in labels}
+    if normalized in by_normal:
+        return by_normal[normalized]
+    prefixes = [key for key in by_normal if re.match(re.escape(key) + r"\b", normalized)]
+    return by_normal[max(prefixes, key=len)] if prefixes else None
+
+
+def label_metrics(gold: list[str], predicted: list[str | None], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class recall and the share of answers that name no known label."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    unknown = "<unknown>"
+    filled = [p if p is not None else unknown for p in predicted]
+    recalls = recall_score(gold, filled, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, filled)),
+        "macro_f1": float(f1_score(gold, filled, labels=labels, average="macro", zero_division=0)),
+        "unknown_label_rate": sum(p is None for p in predicted) / max(len(predicted), 1),
+        "per_class_recall": {label: float(r) for label, r in zip(labels, recalls, strict=True)},
+    }
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted_tokens, reference_tokens = normalize(prediction).split(), normalize(reference).split()
+    common = sum((Counter(predicted_tokens) & Counter(reference_tokens)).values())
+    if not predicted_tokens or not reference_tokens or common == 0:
+        return float(predicted_tokens == reference_tokens)
+    precision, recall = common / len(predicted_tokens), common / len(reference_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def text_metrics(gold: list[str], answers: list[str]) -> dict[str, float]:
+    pairs = list(zip(gold, answers, strict=True))
+    return {
+        "exact_match": sum(normalize(a) == normalize(g) for g, a in pairs) / max(len(pairs), 1),
+        "token_f1": sum(token_f1(a, g) for g, a in pairs) / max(len(pairs), 1),
+    }

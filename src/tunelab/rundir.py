@@ -1,0 +1,105 @@
+"""The run directory: where each stage reads its inputs and writes its outputs.
+
+Files are written to a temporary name on the same filesystem and renamed into place, so a crash
+never leaves a half-written artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class RunDir:
+    """Paths of one run, following DESIGN.md: data/, model/, eval/ beside config.yaml."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def split(self, name: str) -> Path:
+        return self.data / f"{name}.jsonl"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `final` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextmanager
+def removed_on_failure(root: Path) -> Iterator[None]:
+    """A run directory this command created is removed again if the input turns out bad.
+
+    Only input errors (TunelabError) remove it: an interrupted training keeps its checkpoints.
+    """
+    from tunelab.errors import TunelabError
+
+    existed = root.exists()
+    try:
+        yield
+    except TunelabError:
+        if not existed and root.exists():
+            shutil.rmtree(root)
+        raise

@@ -1,0 +1,1 @@
+"""Train stage: model loading, PEFT setup and the Trainer."""

@@ -1,0 +1,194 @@
+"""The train stage: full fine-tuning, LoRA or QLoRA with transformers' Trainer and PEFT.
+
+Our part is the decisions (which weights train, how prompts are masked, what is logged and kept);
+the loop, optimizer, scheduler, checkpointing and progress bar are transformers'.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from tunelab.config import TrainConfig, TunelabConfig
+from tunelab.data.chat import encode_example
+from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
+from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
+
+log = logging.getLogger(__name__)
+
+
+def encode_split(tokenizer, examples: list[dict[str, Any]], max_length: int):
+    """A `datasets.Dataset` of input_ids / attention_mask / labels, plus how many rows were cut."""
+    from datasets import Dataset
+
+    encoded = [encode_example(tokenizer, example, max_length) for example in examples]
+    rows = [
+        {"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels,
+         "length": len(e.input_ids)}
+        for e in encoded
+    ]
+    return Dataset.from_list(rows), sum(e.truncated for e in encoded)
+
+
+def attach_adapters(model, train: TrainConfig):
+    """Apply the training method: LoRA adapters on a (possibly 4-bit) frozen base, or nothing."""
+    if train.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if train.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing
+        )
+    lora = LoraConfig(
+        r=train.lora.r,
+        lora_alpha=train.lora.alpha,
+        lora_dropout=train.lora.dropout,
+        target_modules=train.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def build_model(config: TunelabConfig, source: ModelSource):
+    model = load_model(source, config.model, quantize_4bit=config.train.method == "qlora")
+    if config.train.gradient_checkpointing and config.train.method != "qlora":
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return attach_adapters(model, config.train)
+
+
+def count_parameters(model) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}
+
+
+def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation: bool):
+    from transformers import TrainingArguments
+
+    train = config.train
+    on_gpu = torch.cuda.is_available()
+    dtype = pick_dtype(config.model)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_eval_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        warmup_steps=train.warmup_ratio,
+        lr_scheduler_type=train.scheduler,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        eval_strategy="epoch" if has_validation else "no",
+        train_sampling_strategy="group_by_length",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu,
+        report_to="none",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every Trainer log record (loss, lr, grad norm, epoch, step) to train_log.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+
+def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -> dict[str, Any]:
+    """Train on data/train.jsonl and write model/ (weights, tokenizer, summary, loss curve)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+
+    train = config.train
+    torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
+    set_seed(config.seed)
+    source = materialize(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    train_set, truncated = encode_split(tokenizer, read_jsonl(run_dir.split("train")), train.max_length)
+    validation_rows = read_jsonl(run_dir.split("validation"))
+    validation_set = encode_split(tokenizer, validation_rows, train.max_length)[0] if validation_rows else None
+    model = build_model(config, source)
+    parameters = count_parameters(model)
+    effective_batch = train.per_device_batch_size * train.gradient_accumulation_steps * _world_size()
+    log.info(
+        "method=%s trainable=%s/%s effective batch B=%d (b=%d x g=%d x processes=%d) truncated rows=%d",
+        train.method, f"{parameters['trainable']:,}", f"{parameters['total']:,}", effective_batch,
+        train.per_device_batch_size, train.gradient_accumulation_steps, _world_size(), truncated,
+    )
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir.root / "train_log.jsonl"
+    if not resume:
+        log_path.unlink(missing_ok=True)
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config, run_dir.checkpoints, validation_set is not None),
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[JsonlLogCallback(log_path)],
+    )
+    started = time.perf_counter()
+    resume_from = resume and _latest_checkpoint(run_dir.checkpoints)
+    result = trainer.train(resume_from_checkpoint=resume_from or None)
+    wall = time.perf_counter() - started
+    summary = {
+        "method": train.method,
+        "parameters": parameters,
+        "effective_batch_size": effective_batch,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "wall_seconds": round(wall, 1),
+        "train_rows": len(train_set),
+        "truncated_rows": truncated,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "supervised_tokens": sum(sum(1 for t in labels if t != -100) for labels in train_set["labels"]),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    save_model(trainer.model, tokenizer, run_dir, summary, log_path)
+    return summary
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def save_model(model, tokenizer, run_dir: RunDir, summary: dict[str, Any], log_path: Path) -> None:
+    """Adapter or full weights as safetensors with the tokenizer; the loss curve beside them."""
+    from tunelab.evaluate.plots import plot_loss
+
+    with staged_directory(run_dir.model) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        write_json(folder / "training_summary.json", summary)
+        if log_path.exists():
+            plot_loss(read_jsonl(log_path), folder / "loss.png")

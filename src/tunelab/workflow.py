@@ -1,0 +1,64 @@
+"""Stages wired to the run directory: what `tunelab train` and `tunelab evaluate` do, in order."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import config_from_run_dir, load_config, save_config
+from tunelab.data.prepare import build_splits, write_splits
+from tunelab.errors import TunelabError
+from tunelab.rundir import RunDir, removed_on_failure
+from tunelab.train.model import resolve_source
+
+log = logging.getLogger(__name__)
+
+
+def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
+              resume: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validate everything first (config, data, model path), then write the run and train."""
+    config = load_config(config_path, overrides)
+    if output_dir:
+        config.output_dir = str(output_dir)
+    run_dir = RunDir(config.output_dir)
+    resolve_source(config.model)
+    if resume:
+        if not run_dir.split("train").is_file():
+            raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
+        config = _same_config_as_run(config, run_dir)
+    else:
+        prepared = build_splits(config)
+        report = prepared["report"]
+        log.info("data: %d rows read, %d exact duplicates removed, split %s", report["rows_read"],
+                 report["exact_duplicates_removed"], report["sizes"])
+    from tunelab.train.trainer import run_training
+
+    with removed_on_failure(run_dir.root):
+        if not resume:
+            save_config(config, run_dir.config)
+            write_splits(prepared, run_dir)
+        summary = run_training(config, run_dir, resume=resume)
+    metrics = None
+    if config.train.evaluate_after:
+        from tunelab.evaluate.runner import run_evaluation
+
+        metrics = run_evaluation(config, run_dir)
+    return summary, metrics
+
+
+def _same_config_as_run(config, run_dir: RunDir):
+    saved = config_from_run_dir(run_dir)
+    if saved.model_dump() != config.model_dump():
+        raise TunelabError(f"{run_dir.root}: --resume needs the config the run started with (it changed)")
+    return saved
+
+
+def evaluate_run(run_dir: Path, data_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    from tunelab.evaluate.runner import run_evaluation
+
+    folder = RunDir(run_dir)
+    config = config_from_run_dir(folder)
+    if overrides:
+        config = load_config(folder.config, overrides)
+    return run_evaluation(config, folder, data_file)
