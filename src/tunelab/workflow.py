@@ -38,7 +38,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
         if not resume:
             save_config(config, run_dir.config)
             write_splits(prepared, run_dir)
-        summary = run_training(config, run_dir, resume=resume)
+        summary = run_training(config, run_dir, resume=resume).summary
     metrics = None
     if config.train.evaluate_after:
         from tunelab.evaluate.runner import run_evaluation

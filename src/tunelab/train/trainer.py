@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,14 @@ class JsonlLogCallback(TrainerCallback):
             handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
 
-def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -> dict[str, Any]:
+@dataclass
+class TrainingOutcome:
+    summary: dict[str, Any]
+    model: Any
+    tokenizer: Any
+
+
+def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -> TrainingOutcome:
     """Train on data/train.jsonl and write model/ (weights, tokenizer, summary, loss curve)."""
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
@@ -169,7 +177,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -
         "resumed_from": str(resume_from) if resume_from else None,
     }
     save_model(trainer.model, tokenizer, run_dir, summary, log_path)
-    return summary
+    return TrainingOutcome(summary, trainer.model, tokenizer)
 
 
 def _world_size() -> int:

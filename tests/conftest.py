@@ -1,0 +1,131 @@
+"""Shared fixtures: a tiny random Qwen2 with a locally trained tokenizer, and small datasets.
+
+The tiny model goes through the normal `save_pretrained` / `from_pretrained` path, so the code under
+test loads it exactly like a real model directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "symptom2disease.csv"
+
+# The Qwen2.5 template's plain-chat part: a default system turn, <|im_start|>role ... <|im_end|>.
+QWEN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+CONDITIONS = {
+    "Flu": ["fever", "chills", "body aches", "a sore throat", "a dry cough"],
+    "Migraine": ["a throbbing headache", "nausea", "light sensitivity", "blurred vision", "dizziness"],
+    "Eczema": ["itchy skin", "red patches", "dry skin", "cracked skin", "a rash on my elbows"],
+}
+
+
+def make_label_rows(per_label: int = 12, seed: int = 0) -> list[dict[str, str]]:
+    """Short symptom descriptions with a diagnosis label, distinct texts, fixed seed."""
+    rng = random.Random(seed)
+    rows = []
+    for label, symptoms in CONDITIONS.items():
+        seen: set[str] = set()
+        while len(seen) < per_label:
+            picked = rng.sample(symptoms, 3)
+            text = f"I have had {picked[0]}, {picked[1]} and {picked[2]} for {rng.randint(2, 9)} days."
+            if text not in seen:
+                seen.add(text)
+                rows.append({"text": text, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def build_tiny_model(folder: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [row["text"] + " " + row["label"] for row in make_label_rows(40, seed=1)]
+    corpus += ["system user assistant You are a helpful assistant. Name the diagnosis."] * 5
+    backend.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:3],
+    )
+    tokenizer.chat_template = QWEN_TEMPLATE
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None, tie_word_embeddings=True,
+        initializer_range=0.2,  # large enough that LoRA alone can make the tied LM head confident
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def label_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "symptoms.csv", make_label_rows())
+
+
+def write_config(folder: Path, data: dict, model_dir: Path, **sections) -> Path:
+    """A YAML config for the tiny model, with fast training settings unless overridden."""
+    import yaml
+
+    config = {
+        "data": {"input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.", **data},
+        "model": {"name_or_path": str(model_dir)},
+        "train": {"method": "lora", "learning_rate": 5e-3, "per_device_batch_size": 8, "max_steps": 4,
+                  "logging_steps": 1, "save_steps": 2, "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+                  "num_threads": 1},
+        "evaluate": {"max_new_tokens": 8, "batch_size": 16},
+        "output_dir": str(folder / "run"),
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,112 @@
+"""Chat rendering with the model's own template, answer-only masking, and answer extraction."""
+
+import copy
+
+import pytest
+
+from tunelab.config import ModelConfig
+from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt, strip_thinking
+from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, token_f1
+from tunelab.train.model import load_tokenizer, materialize
+
+EXAMPLE = {
+    "id": "0",
+    "messages": [
+        {"role": "system", "content": "Name the diagnosis."},
+        {"role": "user", "content": "My skin is red, itchy and covered in silver scales."},
+        {"role": "assistant", "content": "Psoriasis"},
+    ],
+    "label": "Psoriasis",
+}
+
+# DeepSeek-R1-Distill's template shape: the generation prompt opens a <think> block, while an
+# assistant turn in the conversation is rendered without one.
+R1_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% else %}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer and chat template, from the packaged GGUF."""
+    config = ModelConfig(name_or_path="smollm2-135m-instruct")
+    return load_tokenizer(materialize(config), config)
+
+
+def check_answer_only_labels(tokenizer, expected_completion: str):
+    encoded = encode_example(tokenizer, EXAMPLE, max_length=512)
+    prompt_ids = tokenizer(render_prompt(tokenizer, EXAMPLE["messages"][:-1]), add_special_tokens=False)["input_ids"]
+    assert encoded.input_ids[: len(prompt_ids)] == prompt_ids
+    assert encoded.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    answer_ids = encoded.labels[len(prompt_ids):]
+    assert IGNORE_INDEX not in answer_ids and answer_ids == encoded.input_ids[len(prompt_ids):]
+    assert tokenizer.decode(answer_ids) == expected_completion
+    return encoded
+
+
+def test_smollm2_template_masks_everything_but_the_answer(smollm2_tokenizer):
+    check_answer_only_labels(smollm2_tokenizer, "Psoriasis<|im_end|>\n")
+    prompt = render_prompt(smollm2_tokenizer, EXAMPLE["messages"][:-1])
+    assert prompt.endswith("<|im_start|>assistant\n") and "Name the diagnosis." in prompt
+    assert "SmolLM" not in prompt  # our system prompt replaces the template's default one
+
+
+def test_tiny_qwen_template_masks_everything_but_the_answer(tiny_tokenizer):
+    check_answer_only_labels(tiny_tokenizer, "Psoriasis<|im_end|>\n")
+
+
+def test_reasoning_template_gets_a_closed_empty_think_block(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = R1_TEMPLATE
+    assert render_prompt(tokenizer, EXAMPLE["messages"][:-1]).endswith("<｜Assistant｜><think>\n")
+    check_answer_only_labels(tokenizer, "\n</think>\n\nPsoriasis<｜end▁of▁sentence｜>")
+
+
+def test_overlong_prompt_is_cut_but_the_answer_is_kept(tiny_tokenizer):
+    long_example = copy.deepcopy(EXAMPLE)
+    long_example["messages"][1]["content"] = "itchy skin " * 200
+    encoded = encode_example(tiny_tokenizer, long_example, max_length=64)
+    assert encoded.truncated and len(encoded.input_ids) == 64
+    answer = [t for t in encoded.labels if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(answer) == "Psoriasis<|im_end|>\n"
+
+
+@pytest.mark.parametrize(
+    ("generated", "answer"),
+    [
+        ("<think>Red scales suggest psoriasis.</think>\n\nPsoriasis", "Psoriasis"),
+        ("  <think>\nLet me think about the rash and", ""),  # unterminated: no answer yet
+        ("The rash is scaly.\n</think>\n\nPsoriasis", "Psoriasis"),  # prompt already opened <think>
+        ("Psoriasis", "Psoriasis"),
+    ],
+)
+def test_strip_thinking(generated, answer):
+    assert strip_thinking(generated) == answer
+
+
+def test_extract_answer_takes_the_first_line_after_thinking():
+    assert extract_answer("<think>hmm</think>\n\nMigraine\nIt is common.") == "Migraine"
+
+
+def test_match_label_is_strict_about_word_boundaries_and_prefers_longest():
+    labels = ["Cold", "Common Cold", "Psoriasis"]
+    assert match_label("psoriasis.", labels) == "Psoriasis"
+    assert match_label("Common cold, most likely", labels) == "Common Cold"
+    assert match_label("Psoriasisx", labels) is None
+    assert match_label("I am not sure", labels) is None
+
+
+def test_label_metrics_count_unknown_answers_as_wrong():
+    metrics = label_metrics(["A", "A", "B", "B"], ["A", None, "B", "A"], ["A", "B"])
+    assert metrics["accuracy"] == 0.5
+    assert metrics["unknown_label_rate"] == 0.25
+    assert metrics["per_class_recall"] == {"A": 0.5, "B": 0.5}
+
+
+def test_token_f1():
+    assert token_f1("red itchy rash", "itchy red rash") == 1.0
+    assert token_f1("red rash", "itchy red rash") == pytest.approx(0.8)
+    assert token_f1("", "rash") == 0.0

@@ -1,0 +1,87 @@
+"""Config errors a user makes: mistyped keys, wrong types, bad overrides."""
+
+import pytest
+import yaml
+
+from tunelab.config import TunelabConfig, load_config, save_config
+from tunelab.errors import TunelabError
+
+BASE = {"data": {"source": "x.csv", "input_column": "text", "label_column": "label"}}
+
+
+def write(tmp_path, tree):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_unknown_key_names_it_and_the_allowed_keys(tmp_path):
+    path = write(tmp_path, {**BASE, "train": {"learning_rte": 1e-4}})
+    with pytest.raises(TunelabError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "unknown key 'train.learning_rte'" in message
+    assert "learning_rate" in message and "per_device_batch_size" in message
+
+
+def test_unknown_nested_key_lists_that_sections_keys(tmp_path):
+    path = write(tmp_path, {**BASE, "train": {"lora": {"rank": 8}}})
+    with pytest.raises(TunelabError, match=r"unknown key 'train.lora.rank' \(allowed: alpha, dropout, r, "):
+        load_config(path)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(TunelabError, match="unknown key 'trainer'.*allowed: data, evaluate, model"):
+        load_config(write(tmp_path, {**BASE, "trainer": {}}))
+
+
+def test_wrong_type_and_unknown_method_name_the_key(tmp_path):
+    with pytest.raises(TunelabError, match="'train.learning_rate'"):
+        load_config(write(tmp_path, {**BASE, "train": {"learning_rate": "fast"}}))
+    with pytest.raises(TunelabError, match="'train.method'.*'full', 'lora' or 'qlora'"):
+        load_config(write(tmp_path, {**BASE, "train": {"method": "dora"}}))
+
+
+def test_missing_data_section_is_named(tmp_path):
+    with pytest.raises(TunelabError, match="missing required key 'data'"):
+        load_config(write(tmp_path, {"train": {}}))
+
+
+def test_column_layout_must_be_complete(tmp_path):
+    tree = {"data": {"source": "x.csv", "input_column": "text"}}
+    with pytest.raises(TunelabError, match="exactly one of label_column and completion_column"):
+        load_config(write(tmp_path, tree))
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    config = load_config(write(tmp_path, BASE), [
+        "train.learning_rate=1e-4", "train.lora.target_modules=[q_proj, v_proj]", "train.method=full",
+    ])
+    assert config.train.learning_rate == 1e-4
+    assert config.train.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.train.method == "full"
+
+
+def test_set_override_is_validated_like_the_file(tmp_path):
+    with pytest.raises(TunelabError, match="unknown key 'train.epoch'"):
+        load_config(write(tmp_path, BASE), ["train.epoch=2"])
+    with pytest.raises(TunelabError, match="expected KEY=VALUE"):
+        load_config(write(tmp_path, BASE), ["train.epochs"])
+
+
+def test_resolved_config_round_trips_with_defaults(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    save_config(config, tmp_path / "resolved.yaml")
+    saved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert saved["train"]["lora"]["target_modules"] == "all-linear"
+    assert saved["model"]["trust_remote_code"] is False
+    assert TunelabConfig.model_validate(saved) == config
+
+
+def test_missing_or_invalid_yaml_file(tmp_path):
+    with pytest.raises(TunelabError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(TunelabError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,119 @@
+"""Loading tables, mapping columns to chats, de-duplication and the leakage-free split."""
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import SHARED_CSV, make_label_rows, write_csv
+from tunelab.config import DataConfig, TunelabConfig
+from tunelab.data.examples import rows_to_examples
+from tunelab.data.load import load_rows
+from tunelab.data.prepare import build_splits
+from tunelab.data.split import normalized_key
+from tunelab.errors import TunelabError
+
+
+def data_config(source, **extra) -> DataConfig:
+    return DataConfig(source=str(source), input_column="text", label_column="label", **extra)
+
+
+def test_csv_jsonl_and_parquet_load_the_same_rows(tmp_path):
+    rows = make_label_rows(per_label=3)
+    write_csv(tmp_path / "d.csv", rows)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.jsonl", "d.parquet"):
+        assert load_rows(str(tmp_path / name)) == rows
+
+
+def test_rows_become_chats_with_the_system_prompt(tmp_path):
+    rows = [{"text": " I sneeze a lot. ", "label": "Allergy"}]
+    [example] = rows_to_examples(rows, data_config("x.csv", system_prompt="Diagnose."), "x.csv")
+    assert example["messages"] == [
+        {"role": "system", "content": "Diagnose."},
+        {"role": "user", "content": "I sneeze a lot."},
+        {"role": "assistant", "content": "Allergy"},
+    ]
+    assert example["label"] == "Allergy"
+
+
+def test_messages_column_is_kept_and_gets_the_system_prompt():
+    config = DataConfig(source="x.jsonl", messages_column="chat", system_prompt="Be brief.")
+    rows = [{"chat": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    [example] = rows_to_examples(rows, config, "x.jsonl")
+    assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
+    with pytest.raises(TunelabError, match="row 1: the last message must be the assistant's answer"):
+        rows_to_examples([{"chat": [{"role": "user", "content": "Hi"}]}], config, "x.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"text": "a", "diagnosis": "b"}], "x.csv: no column 'label' (columns: text, diagnosis)"),
+        ([{"text": "a", "label": "b"}, {"text": "c", "label": "  "}], "x.csv: row 2: 'label' is empty"),
+        ([{"text": None, "label": "b"}], "x.csv: row 1: 'text' is missing"),
+        ([{"text": ["a"], "label": "b"}], "x.csv: row 1: 'text' is not text (list)"),
+    ],
+)
+def test_bad_rows_name_the_row_and_column(rows, message):
+    with pytest.raises(TunelabError) as error:
+        rows_to_examples(rows, data_config("x.csv"), "x.csv")
+    assert str(error.value) == message
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(TunelabError, match="data file not found"):
+        load_rows(str(tmp_path / "none.csv"))
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    with pytest.raises(TunelabError, match="empty.csv: the dataset is empty"):
+        load_rows(str(tmp_path / "empty.csv"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
+    with pytest.raises(TunelabError, match="bad.jsonl: line 2: not valid JSON"):
+        load_rows(str(tmp_path / "bad.jsonl"))
+
+
+def test_split_is_stratified_duplicate_free_and_reproducible(tmp_path):
+    rows = make_label_rows(per_label=20)
+    rows += [{"text": rows[0]["text"].upper() + "  ", "label": rows[0]["label"]}, dict(rows[5])]
+    path = write_csv(tmp_path / "d.csv", rows)
+    config = TunelabConfig(data=data_config(path, test_size=0.25, validation_size=0.1))
+    first = build_splits(config)
+    splits = first["splits"]
+    assert first["report"]["exact_duplicates_removed"] == 2
+    keys = {name: {normalized_key(e) for e in part} for name, part in splits.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
+    assert not keys["validation"] & keys["test"]
+    assert sum(map(len, splits.values())) == 60
+    assert Counter(e["label"] for e in splits["test"]) == {"Flu": 5, "Migraine": 5, "Eczema": 5}
+    assert [e["id"] for e in build_splits(config)["splits"]["test"]] == [e["id"] for e in splits["test"]]
+
+
+def test_real_dataset_split_has_no_text_in_two_splits():
+    if not SHARED_CSV.exists():
+        pytest.skip("../shared/data/symptom2disease.csv not present")
+    config = TunelabConfig(data=data_config(SHARED_CSV))
+    prepared = build_splits(config)
+    splits = prepared["splits"]
+    assert prepared["report"]["rows_read"] == 1200
+    assert prepared["report"]["exact_duplicates_removed"] == 47
+    train_texts = {e["messages"][-2]["content"].lower() for e in splits["train"]}
+    assert not any(e["messages"][-2]["content"].lower() in train_texts for e in splits["test"])
+    assert len(set(e["label"] for e in splits["test"])) == 24
+
+
+def test_separate_test_file_removes_its_twins_from_training(tmp_path):
+    rows = make_label_rows(per_label=6)
+    train_path = write_csv(tmp_path / "train.csv", rows)
+    test_path = write_csv(tmp_path / "test.csv", rows[:4])
+    splits = build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))["splits"]
+    assert len(splits["test"]) == 4 and len(splits["train"]) == len(rows) - 4
+
+
+def test_test_label_unseen_in_training_is_an_error(tmp_path):
+    rows = make_label_rows(per_label=4)
+    train_path = write_csv(tmp_path / "train.csv", rows)
+    test_path = write_csv(tmp_path / "test.csv", [{"text": "brand new text", "label": "Gout"}])
+    with pytest.raises(TunelabError, match="test label 'Gout' never appears in training"):
+        build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))

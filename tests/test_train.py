@@ -1,0 +1,62 @@
+"""Each training method learns on the tiny Qwen2, and what it saves reloads with plain libraries."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from conftest import write_config
+from tunelab.config import load_config
+from tunelab.data.prepare import build_splits, write_splits
+from tunelab.evaluate.runner import answer_loss
+from tunelab.rundir import RunDir, read_jsonl
+from tunelab.train.trainer import run_training
+
+LEARNING_RATES = {"full": 3e-3, "lora": 1e-2, "qlora": 1e-2}
+
+
+def load_base(model_dir, method):
+    if method != "qlora":
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_method_lowers_answer_loss_and_saved_weights_reload(method, tmp_path, label_csv, tiny_model_dir):
+    config = load_config(write_config(
+        tmp_path, {"source": str(label_csv)}, tiny_model_dir,
+        train={"method": method, "max_steps": 8, "learning_rate": LEARNING_RATES[method], "warmup_ratio": 0.0},
+    ))
+    run_dir = RunDir(config.output_dir)
+    write_splits(build_splits(config), run_dir)
+    fixed_batch = read_jsonl(run_dir.split("train"))[:8]
+
+    outcome = run_training(config, run_dir)
+    tokenizer, tuned = outcome.tokenizer, outcome.model.eval()
+    before = answer_loss(load_base(tiny_model_dir, method), tokenizer, fixed_batch, 128, 8)["loss"]
+    after = answer_loss(tuned, tokenizer, fixed_batch, 128, 8)["loss"]
+    assert after < 0.7 * before, f"{method}: answer loss {before:.3f} -> {after:.3f}"
+
+    saved = {path.name for path in run_dir.model.iterdir()}
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert weights in saved and "tokenizer.json" in saved and "loss.png" in saved
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in saved)
+    if method == "full":
+        reloaded = AutoModelForCausalLM.from_pretrained(run_dir.model)
+    else:
+        from peft import PeftModel
+
+        reloaded = PeftModel.from_pretrained(load_base(tiny_model_dir, method), run_dir.model)
+    batch = tokenizer(["I have had fever and chills for 3 days."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**batch).logits, tuned(**batch).logits, atol=1e-5, rtol=1e-5)
+
+    summary = json.loads((run_dir.model / "training_summary.json").read_text())
+    assert summary["steps"] == 8 and summary["effective_batch_size"] == 8
+    trainable, total = summary["parameters"]["trainable"], summary["parameters"]["total"]
+    assert (trainable == total) if method == "full" else (0 < trainable < total)
+    logged = read_jsonl(run_dir.root / "train_log.jsonl")
+    assert [r["step"] for r in logged if "loss" in r][:3] == [1, 2, 3]
