@@ -191,8 +191,9 @@ def save_config(config: TunelabConfig, path: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def config_from_run_dir(run_dir: Path) -> TunelabConfig:
+def config_from_run_dir(run_dir: Path, overrides: list[str] | None = None) -> TunelabConfig:
+    """The resolved config a run was started with (optionally overridden, e.g. the answer budget)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise TunelabError(f"{run_dir}: not a tunelab run directory (no config.yaml)")
-    return load_config(path)
+    return load_config(path, overrides)

@@ -48,7 +48,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
 
 
 def _same_config_as_run(config, run_dir: RunDir):
-    saved = config_from_run_dir(run_dir)
+    saved = config_from_run_dir(run_dir.root)
     if saved.model_dump() != config.model_dump():
         raise TunelabError(f"{run_dir.root}: --resume needs the config the run started with (it changed)")
     return saved
@@ -57,8 +57,5 @@ def _same_config_as_run(config, run_dir: RunDir):
 def evaluate_run(run_dir: Path, data_file: str | None, overrides: list[str]) -> dict[str, Any]:
     from tunelab.evaluate.runner import run_evaluation
 
-    folder = RunDir(run_dir)
-    config = config_from_run_dir(folder)
-    if overrides:
-        config = load_config(folder.config, overrides)
-    return run_evaluation(config, folder, data_file)
+    config = config_from_run_dir(run_dir, overrides)
+    return run_evaluation(config, RunDir(run_dir), data_file)
