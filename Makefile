@@ -23,7 +23,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/tunelab train examples/symptoms-cpu.yaml
+	$(BIN)/tunelab demo-data runs/demo-data/symptoms.csv
+	$(BIN)/tunelab -v train examples/symptoms-cpu.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -77,6 +77,8 @@ def train(
     )
     if metrics:
         _show_metrics(metrics)
+    run = summary["run_dir"]
+    console.print(f"model: {run}/model   metrics: {run}/eval/metrics.json   predictions: {run}/eval/predictions.jsonl")
 
 
 @app.command()
@@ -99,6 +101,19 @@ def evaluate(
     except TunelabError as error:
         _fail(error)
     _show_metrics(metrics)
+
+
+@app.command("demo-data")
+def demo_data(
+    path: Annotated[Path, typer.Argument(help="CSV to write (columns text, label).")],
+    per_condition: Annotated[int, typer.Option(help="Rows per condition (20 conditions).")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+):
+    """Write the synthetic symptom -> diagnosis demo dataset (synthetic: not for medical use)."""
+    from tunelab.examples.symptoms import write_csv
+
+    write_csv(path, per_condition, seed)
+    console.print(f"wrote {path}")
 
 
 def _show_metrics(metrics: dict) -> None:

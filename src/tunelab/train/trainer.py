@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,9 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -
     )
     run_dir.root.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.root / "train_log.jsonl"
-    if not resume:
+    if not resume:  # a fresh run must not pick up or rotate checkpoints of an earlier one
         log_path.unlink(missing_ok=True)
+        shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
     trainer = Trainer(
         model=model,
         args=_training_arguments(config, run_dir.checkpoints, validation_set is not None),
@@ -175,6 +177,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -
         "tokens_seen": trainer.state.num_input_tokens_seen,
         "supervised_tokens": sum(sum(1 for t in labels if t != -100) for labels in train_set["labels"]),
         "resumed_from": str(resume_from) if resume_from else None,
+        "run_dir": str(run_dir.root),
     }
     save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     return TrainingOutcome(summary, trainer.model, tokenizer)
