@@ -117,12 +117,18 @@ def _attn_implementation(config: ModelConfig) -> str | None:
     return "sdpa"
 
 
+def _from_pretrained(loader, source: ModelSource, **kwargs):
+    """`loader.from_pretrained` with a missing/unreachable model turned into one line."""
+    try:
+        return loader.from_pretrained(source.path, revision=source.revision, **kwargs)
+    except OSError as exc:
+        raise TunelabError(f"cannot load model '{source.path}': {str(exc).splitlines()[0]}") from None
+
+
 def load_tokenizer(source: ModelSource, config: ModelConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.path, revision=source.revision, trust_remote_code=config.trust_remote_code
-    )
+    tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -136,7 +142,6 @@ def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = F
 
     dtype = pick_dtype(config)
     kwargs = {
-        "revision": source.revision,
         "trust_remote_code": config.trust_remote_code,
         "dtype": dtype,
         "attn_implementation": _attn_implementation(config),
@@ -150,10 +155,7 @@ def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = F
         )
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    except OSError as exc:
-        raise TunelabError(f"cannot load model '{source.path}': {str(exc).splitlines()[0]}") from None
+    model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
     if torch.cuda.is_available() and not quantize_4bit:
         model.to("cuda")
     return model
