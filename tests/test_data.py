@@ -78,16 +78,17 @@ def test_split_is_stratified_duplicate_free_and_reproducible(tmp_path):
     rows = make_label_rows(per_label=20)
     rows += [{"text": rows[0]["text"].upper() + "  ", "label": rows[0]["label"]}, dict(rows[5])]
     path = write_csv(tmp_path / "d.csv", rows)
-    config = TunelabConfig(data=data_config(path, test_size=0.25, validation_size=0.1))
+    config = TunelabConfig(data=data_config(path, test_size=0.25, validation_size=0.1),
+                           prepare={"dedup_threshold": None})
     first = build_splits(config)
-    splits = first["splits"]
-    assert first["report"]["exact_duplicates_removed"] == 2
+    splits = first.splits
+    assert first.report["exact_duplicates_removed"] == 2
     keys = {name: {normalized_key(e) for e in part} for name, part in splits.items()}
     assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
     assert not keys["validation"] & keys["test"]
     assert sum(map(len, splits.values())) == 60
     assert Counter(e["label"] for e in splits["test"]) == {"Flu": 5, "Migraine": 5, "Eczema": 5}
-    assert [e["id"] for e in build_splits(config)["splits"]["test"]] == [e["id"] for e in splits["test"]]
+    assert [e["id"] for e in build_splits(config).splits["test"]] == [e["id"] for e in splits["test"]]
 
 
 def test_real_dataset_split_has_no_text_in_two_splits():
@@ -95,9 +96,9 @@ def test_real_dataset_split_has_no_text_in_two_splits():
         pytest.skip("../shared/data/symptom2disease.csv not present")
     config = TunelabConfig(data=data_config(SHARED_CSV))
     prepared = build_splits(config)
-    splits = prepared["splits"]
-    assert prepared["report"]["rows_read"] == 1200
-    assert prepared["report"]["exact_duplicates_removed"] == 47
+    splits = prepared.splits
+    assert prepared.report["counts"]["rows_read"] == 1200
+    assert prepared.report["exact_duplicates_removed"] == 47
     train_texts = {e["messages"][-2]["content"].lower() for e in splits["train"]}
     assert not any(e["messages"][-2]["content"].lower() in train_texts for e in splits["test"])
     assert len(set(e["label"] for e in splits["test"])) == 24
@@ -107,7 +108,7 @@ def test_separate_test_file_removes_its_twins_from_training(tmp_path):
     rows = make_label_rows(per_label=6)
     train_path = write_csv(tmp_path / "train.csv", rows)
     test_path = write_csv(tmp_path / "test.csv", rows[:4])
-    splits = build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))["splits"]
+    splits = build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path)))).splits
     assert len(splits["test"]) == 4 and len(splits["train"]) == len(rows) - 4
 
 

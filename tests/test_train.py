@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from conftest import write_config
 from tunelab.config import load_config
-from tunelab.data.prepare import build_splits, write_splits
+from tunelab.data.prepare import prepare_stage
 from tunelab.evaluate.runner import answer_loss
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.train.trainer import run_training
@@ -31,7 +31,7 @@ def test_method_lowers_answer_loss_and_saved_weights_reload(method, tmp_path, la
         train={"method": method, "max_steps": 8, "learning_rate": LEARNING_RATES[method], "warmup_ratio": 0.0},
     ))
     run_dir = RunDir(config.output_dir)
-    write_splits(build_splits(config), run_dir)
+    prepare_stage(config, run_dir)
     fixed_batch = read_jsonl(run_dir.split("train"))[:8]
 
     outcome = run_training(config, run_dir)

@@ -54,6 +54,41 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lib
 
 
 @app.command()
+def prepare(config: ConfigArg, set_: SetOption = None, output_dir: OutputOption = None):
+    """Vectorize, de-duplicate, split, cluster (K by G-means) and sample the training data.
+
+    Writes RUN_DIR/data/: train/validation/test.jsonl, duplicates.jsonl (each removed row with its
+    kept twin), prepare_report.json (counts, K, silhouette, representativeness) and PNG plots.
+    `tunelab train` runs this stage itself when data/ is missing or was made from other settings.
+    """
+    from tunelab.workflow import prepare_run
+
+    try:
+        run_dir, report = prepare_run(config, set_ or [], output_dir)
+    except TunelabError as error:
+        _fail(error)
+    _show_prepare(report, run_dir.data)
+
+
+def _show_prepare(report: dict, folder: Path) -> None:
+    table = Table(title="prepare")
+    table.add_column("step")
+    table.add_column("rows", justify="right")
+    for step, count in report["counts"].items():
+        table.add_row(step.replace("_", " "), str(count))
+    Console().print(table)
+    clusters = report["clusters"]
+    silhouette = f"{clusters['silhouette']:.3f}" if clusters["silhouette"] is not None else "n/a"
+    console.print(f"K={clusters['k']} ({clusters['method']}), silhouette {silhouette}; "
+                  f"split {report['sizes']}")
+    for name, values in report.get("representativeness", {}).items():
+        if values["random_mean"] is not None:
+            console.print(f"{name}: sample {values['sample']:.4f}, random {values['random_mean']:.4f} "
+                          f"± {values['random_std']:.4f} (percentile {values['percentile']:.0f})")
+    console.print(f"written to {folder}")
+
+
+@app.command()
 def train(
     config: ConfigArg,
     set_: SetOption = None,

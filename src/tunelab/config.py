@@ -37,7 +37,6 @@ class DataConfig(Section):
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="Instruction sent first.")
     test_size: float = Field(0.2, gt=0, lt=1, description="Share of distinct rows held out for test.")
     validation_size: float = Field(0.0, ge=0, lt=1, description="Share held out for validation.")
-    max_rows: int | None = Field(None, gt=0, description="Use at most this many training rows.")
 
     @model_validator(mode="after")
     def _one_layout(self) -> DataConfig:
@@ -50,6 +49,38 @@ class DataConfig(Section):
         if bool(self.label_column) == bool(self.completion_column):
             raise ValueError("set exactly one of label_column and completion_column")
         return self
+
+
+class PrepareConfig(Section):
+    """Vectorize, drop near-duplicates, cluster, and pick a representative training sample."""
+
+    vectorizer: Literal["tfidf", "sentence-transformers", "base-model"] = Field(
+        "tfidf", description="tfidf needs no model; sentence-transformers and base-model embed with a network."
+    )
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2", description="Sentence encoder (path or Hub id); the packaged all-MiniLM-L6-v2 offline."
+    )
+    tfidf_dims: int = Field(128, gt=1, description="TruncatedSVD dimensions of the TF-IDF vectors.")
+    batch_size: int = Field(64, gt=0, description="Texts per batch for neural vectorizers.")
+    dedup_threshold: float | None = Field(
+        0.02, ge=0, lt=1, description="Rows within this cosine distance are near-duplicates; null: exact only."
+    )
+    k: int | Literal["auto"] = Field("auto", description="Number of clusters, or auto (G-means).")
+    k_max: int = Field(64, gt=1, description="Upper bound on K for G-means.")
+    alpha: float = Field(1e-4, gt=0, lt=1, description="Significance of the G-means normality test.")
+    min_cluster_size: int = Field(8, gt=1, description="G-means never splits a cluster into smaller ones.")
+    pca_dims: int = Field(32, gt=1, description="Dimensions G-means clusters and tests in.")
+    sample: float | None = Field(
+        None, gt=0, description="Training rows to keep: a count (> 1) or a fraction (<= 1); null: all."
+    )
+    strategy: Literal["kmeans", "random", "stratified"] = Field(
+        "kmeans", description="kmeans: share the budget among clusters (within labels) by size."
+    )
+    within_cluster: Literal["random", "centroid", "k-center"] = Field(
+        "random", description="How rows are picked inside a cluster."
+    )
+    min_per_label: int = Field(1, ge=0, description="Every label keeps at least this many sampled rows.")
+    random_baselines: int = Field(20, ge=0, description="Random samples the representativeness is compared to.")
 
 
 class ModelConfig(Section):
@@ -108,6 +139,7 @@ class EvaluateConfig(Section):
 
 class TunelabConfig(Section):
     data: DataConfig
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import config_from_run_dir, load_config, save_config
-from tunelab.data.prepare import build_splits, write_splits
+from tunelab.config import TunelabConfig, config_from_run_dir, load_config, save_config
+from tunelab.data.prepare import prepare_stage
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, removed_on_failure
 from tunelab.train.model import resolve_source
@@ -27,17 +27,11 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
         if not run_dir.split("train").is_file():
             raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
         config = _same_config_as_run(config, run_dir)
-    else:
-        prepared = build_splits(config)
-        report = prepared["report"]
-        log.info("data: %d rows read, %d exact duplicates removed, split %s", report["rows_read"],
-                 report["exact_duplicates_removed"], report["sizes"])
     from tunelab.train.trainer import run_training
 
     with removed_on_failure(run_dir.root):
         if not resume:
-            save_config(config, run_dir.config)
-            write_splits(prepared, run_dir)
+            _prepare(config, run_dir)
         summary = run_training(config, run_dir, resume=resume).summary
     metrics = None
     if config.train.evaluate_after:
@@ -45,6 +39,28 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
 
         metrics = run_evaluation(config, run_dir)
     return summary, metrics
+
+
+def _prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    report = prepare_stage(config, run_dir)
+    save_config(config, run_dir.config)
+    counts = report["counts"]
+    log.info(
+        "data: %d rows read, %d exact and %d near duplicates removed; K=%d clusters; split %s",
+        counts["rows_read"], report["exact_duplicates_removed"], report["near_duplicates_removed"],
+        report["clusters"]["k"], report["sizes"],
+    )
+    return report
+
+
+def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:
+    """`tunelab prepare`: only the data stage, into RUN_DIR/data."""
+    config = load_config(config_path, overrides)
+    if output_dir:
+        config.output_dir = str(output_dir)
+    run_dir = RunDir(config.output_dir)
+    with removed_on_failure(run_dir.root):
+        return run_dir, _prepare(config, run_dir)
 
 
 def _same_config_as_run(config, run_dir: RunDir):

@@ -1,47 +1,169 @@
-"""The data stage as `tunelab train` needs it: rows -> chat examples -> dedup -> split -> files."""
+"""The prepare stage: rows -> chats -> duplicates out -> split -> clusters -> representative sample.
+
+Test and validation rows are drawn from the whole de-duplicated data before any sampling, and
+near-duplicates are removed before splitting, so no near-duplicate group straddles two splits.
+Everything is computed in memory first; files are written only once the input proved valid.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunelab.config import TunelabConfig
-from tunelab.data.examples import rows_to_examples
+from tunelab.data.cluster import cluster, silhouette
+from tunelab.data.dedup import near_duplicate_groups
+from tunelab.data.examples import rows_to_examples, user_text
 from tunelab.data.load import load_rows
+from tunelab.data.represent import representativeness
+from tunelab.data.sample import kmeans_sample, random_sample, sample_size
 from tunelab.data.split import drop_exact_duplicates, label_counts, stratified_split
+from tunelab.data.vectorize import vectorize
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, staged_directory, write_json, write_jsonl
 
 SPLITS = ("train", "validation", "test")
 
 
-def build_splits(config: TunelabConfig) -> dict[str, Any]:
-    """Read and validate all data, then split; nothing is written, so bad input leaves no trace."""
+@dataclass
+class Prepared:
+    splits: dict[str, list[dict[str, Any]]]
+    duplicates: list[dict[str, Any]]
+    report: dict[str, Any]
+    pool_space: np.ndarray = field(repr=False)  # the training pool in the clustering space
+    pool_clusters: np.ndarray = field(repr=False)
+    pool_labels: list = field(repr=False)
+    picked: np.ndarray = field(repr=False)  # indices of the training sample within the pool
+
+
+def input_hash(config: TunelabConfig) -> str:
+    """What the prepared files depend on: data and prepare settings, seed, and the data files."""
+    files = [config.data.source, config.data.test_file]
+    stamps = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if f and Path(f).is_file()]
+    payload = [config.data.model_dump(), config.prepare.model_dump(), config.seed, stamps]
+    if config.prepare.vectorizer == "base-model":
+        payload.append(config.model.name_or_path)
+    return hashlib.sha1(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+
+def is_prepared(config: TunelabConfig, run_dir: RunDir) -> bool:
+    report = run_dir.data / "prepare_report.json"
+    return report.is_file() and json.loads(report.read_text()).get("input_hash") == input_hash(config)
+
+
+def _load(config: TunelabConfig) -> tuple[list[dict], list[dict] | None]:
     data = config.data
     examples = rows_to_examples(load_rows(data.source, data.hub_split), data, data.source)
-    if data.test_file:
-        test, test_duplicates = drop_exact_duplicates(
-            rows_to_examples(load_rows(data.test_file), data, data.test_file)
-        )
-        pool, duplicates = drop_exact_duplicates(examples, reserved=test)
-        duplicates += test_duplicates
-    else:
-        pool, duplicates = drop_exact_duplicates(examples)
-        pool, test = stratified_split(pool, data.test_size, config.seed)
-    validation_share = data.validation_size / (1 - (0 if data.test_file else data.test_size))
-    train, validation = stratified_split(pool, validation_share, config.seed)
-    if data.max_rows and len(train) > data.max_rows:
-        train, _ = stratified_split(train, 1 - data.max_rows / len(train), config.seed)
-    if not train:
-        raise TunelabError(f"{data.source}: no training rows left after de-duplication and splitting")
-    _check_test_labels(train, test, data.test_file or data.source)
-    splits = {"train": train, "validation": validation, "test": test}
-    report = {
-        "rows_read": len(examples),
-        "exact_duplicates_removed": len(duplicates),
-        "sizes": {name: len(rows) for name, rows in splits.items()},
-        "labels": {name: label_counts(rows) for name, rows in splits.items()},
+    if not data.test_file:
+        return examples, None
+    test = rows_to_examples(load_rows(data.test_file), data, data.test_file)
+    for example in test:
+        example["id"] = f"test:{example['id']}"
+    return examples, test
+
+
+def _drop_near_duplicates(pool: list[dict], vectors: np.ndarray, reserved: int, threshold: float,
+                          seed: int) -> tuple[list[int], list[dict]]:
+    """Indices to keep (the first row of each group; the `reserved` leading rows always stay)."""
+    keeper = near_duplicate_groups(vectors, threshold, seed)
+    kept, dropped = [], []
+    for index, representative in enumerate(keeper):
+        if index < reserved or representative == index:
+            kept.append(index)
+            continue
+        distance = float(1.0 - vectors[index] @ vectors[representative])
+        dropped.append({"id": pool[index]["id"], "duplicate_of": pool[representative]["id"], "kind": "near",
+                        "cosine_distance": round(distance, 5), "text": user_text(pool[index]),
+                        "kept_text": user_text(pool[representative])})
+    return kept, dropped
+
+
+def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepared:
+    """Read and validate all data, then de-duplicate, split, cluster and sample; nothing is written."""
+    data, prepare = config.data, config.prepare
+    examples, given_test = _load(config)
+    counts = {"rows_read": len(examples)}
+    test_rows, exact = drop_exact_duplicates(given_test) if given_test else ([], [])
+    pool, more_exact = drop_exact_duplicates(examples, reserved=test_rows)
+    duplicates = [{"kind": "exact", **record} for record in exact + more_exact]
+    counts["after_exact_dedup"] = len(pool)
+    combined = test_rows + pool
+    vectors = vectorize([user_text(e) for e in combined], config, cache_dir)
+    if prepare.dedup_threshold is not None and len(combined) > 1:
+        kept, near = _drop_near_duplicates(combined, vectors, len(test_rows), prepare.dedup_threshold, config.seed)
+        duplicates += near
+        combined, vectors = [combined[i] for i in kept], vectors[kept]
+    pool, pool_vectors = combined[len(test_rows):], vectors[len(test_rows):]
+    counts["after_near_dedup"] = len(pool)
+    if len(pool) < 2:
+        raise TunelabError(f"{data.source}: only {len(pool)} distinct row(s) left after de-duplication")
+    vector_of = {example["id"]: vector for example, vector in zip(pool, pool_vectors, strict=True)}
+
+    if given_test is None:
+        pool, test_rows = stratified_split(pool, data.test_size, config.seed)
+    holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
+    train_pool, validation = stratified_split(pool, holdout_share, config.seed)
+    _check_test_labels(train_pool, test_rows, data.test_file or data.source)
+    counts["train_pool"] = len(train_pool)
+
+    train_vectors = np.stack([vector_of[e["id"]] for e in train_pool])
+    labels = [e.get("label") for e in train_pool]
+    k = prepare.k
+    if k != "auto" and k > len(train_pool):
+        raise TunelabError(f"prepare.k={k} is larger than the {len(train_pool)} training rows")
+    clustering = cluster(train_vectors, k, prepare.alpha, prepare.min_cluster_size,
+                         min(prepare.k_max, len(train_pool)), prepare.pca_dims, config.seed)
+    picked = _sample(config, labels, clustering.labels, clustering.space, train_pool)
+    train = [train_pool[i] for i in picked]
+    counts["train_sample"] = len(train)
+
+    report: dict[str, Any] = {
+        "input_hash": input_hash(config),
+        "counts": counts,
+        "exact_duplicates_removed": sum(d["kind"] == "exact" for d in duplicates),
+        "near_duplicates_removed": sum(d["kind"] == "near" for d in duplicates),
+        "vectorizer": prepare.vectorizer,
+        "clusters": {
+            "k": clustering.k, "method": clustering.method, "k_per_round": clustering.history,
+            "sizes": clustering.sizes(),
+            "silhouette": silhouette(clustering.space, clustering.labels, config.seed),
+        },
+        "sizes": {"train": len(train), "validation": len(validation), "test": len(test_rows)},
+        "labels": {"pool": label_counts(train_pool), "train": label_counts(train),
+                   "validation": label_counts(validation), "test": label_counts(test_rows)},
     }
-    return {"splits": splits, "duplicates": duplicates, "report": report}
+    if prepare.sample is not None:
+        report["sample"] = {"strategy": prepare.strategy, "within_cluster": prepare.within_cluster,
+                            "size": len(train), "pool": len(train_pool)}
+        report["representativeness"] = representativeness(
+            clustering.space, labels, clustering.labels, picked, prepare.random_baselines, config.seed)
+    return Prepared({"train": train, "validation": validation, "test": test_rows}, duplicates, report,
+                    clustering.space, clustering.labels, labels, picked)
+
+
+def _sample(config: TunelabConfig, labels: list, clusters: np.ndarray, space: np.ndarray,
+            pool: list[dict]) -> np.ndarray:
+    prepare = config.prepare
+    if prepare.sample is None:
+        return np.arange(len(pool))
+    budget = sample_size(prepare.sample, len(pool))
+    if budget > len(pool):
+        raise TunelabError(f"prepare.sample={prepare.sample:g} is larger than the {len(pool)} training rows "
+                           "left after de-duplication and splitting")
+    if prepare.strategy == "random":
+        return random_sample(len(pool), budget, config.seed)
+    if prepare.strategy == "stratified":
+        if budget == len(pool):
+            return np.arange(len(pool))
+        indexed = [dict(e, _index=i) for i, e in enumerate(pool)]
+        kept, _ = stratified_split(indexed, 1 - budget / len(pool), config.seed)
+        return np.sort([e["_index"] for e in kept])
+    return kmeans_sample(labels, clusters, space, budget, prepare.min_per_label, prepare.within_cluster, config.seed)
 
 
 def _check_test_labels(train: list[dict], test: list[dict], origin: str) -> None:
@@ -51,9 +173,19 @@ def _check_test_labels(train: list[dict], test: list[dict], origin: str) -> None
         raise TunelabError(f"{origin}: test label '{unseen[0]}' never appears in training ({len(unseen)} such)")
 
 
-def write_splits(prepared: dict[str, Any], run_dir: RunDir) -> None:
+def write_prepared(prepared: Prepared, run_dir: RunDir) -> None:
+    from tunelab.data.plots import plot_prepare
+
     with staged_directory(run_dir.data) as folder:
         for name in SPLITS:
-            write_jsonl(folder / f"{name}.jsonl", prepared["splits"][name])
-        write_jsonl(folder / "duplicates.jsonl", prepared["duplicates"])
-        write_json(folder / "prepare_report.json", prepared["report"])
+            write_jsonl(folder / f"{name}.jsonl", prepared.splits[name])
+        write_jsonl(folder / "duplicates.jsonl", prepared.duplicates)
+        write_json(folder / "prepare_report.json", prepared.report)
+        plot_prepare(prepared, folder)
+
+
+def prepare_stage(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    """Run prepare unless data/ already holds its output for these inputs; return the report."""
+    if not is_prepared(config, run_dir):
+        write_prepared(build_splits(config, run_dir.root / "cache"), run_dir)
+    return json.loads((run_dir.data / "prepare_report.json").read_text())

@@ -13,7 +13,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from tunelab.data.examples import prompt_messages
+from tunelab.data.examples import prompt_messages, user_text
 
 _SPACE = re.compile(r"\s+")
 
@@ -31,14 +31,15 @@ def drop_exact_duplicates(
 
     Returns the kept rows and, for each dropped row, a record naming the kept twin.
     """
-    first_seen = {normalized_key(example): example["id"] for example in reserved or []}
+    first_seen = {normalized_key(example): (example["id"], user_text(example)) for example in reserved or []}
     kept, dropped = [], []
     for example in examples:
         key = normalized_key(example)
         if key in first_seen:
-            dropped.append({"id": example["id"], "duplicate_of": first_seen[key], "example": example})
+            dropped.append({"id": example["id"], "duplicate_of": first_seen[key][0], "text": user_text(example),
+                            "kept_text": first_seen[key][1]})
         else:
-            first_seen[key] = example["id"]
+            first_seen[key] = (example["id"], user_text(example))
             kept.append(example)
     return kept, dropped
 

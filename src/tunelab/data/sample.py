@@ -1,0 +1,87 @@
+"""Pick a training sample that looks like the pool: by cluster and label, or at random.
+
+`kmeans` shares the budget among (label, cluster) cells in proportion to their size (largest
+remainder), gives every cluster at least one row and every label at least `min_per_label`, then
+picks inside each cell at random, nearest to the centroid, or by k-center (farthest-first).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def sample_size(requested: float, pool_size: int) -> int:
+    return int(requested) if requested > 1 else max(1, round(requested * pool_size))
+
+
+def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    exact = weights / weights.sum() * total
+    counts = np.floor(exact).astype(int)
+    for index in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
+        counts[index] += 1
+    return counts
+
+
+def allocate(cells: list[tuple], sizes: np.ndarray, budget: int, min_per_label: int) -> np.ndarray:
+    """Rows to take from each (label, cluster) cell: proportional, then the floors, then back to budget."""
+    quota = np.minimum(_largest_remainder(sizes.astype(float), budget), sizes)
+    by_cluster, by_label = defaultdict(list), defaultdict(list)
+    for index, (label, cluster_id) in enumerate(cells):
+        by_cluster[cluster_id].append(index)
+        by_label[label].append(index)
+    for members in by_cluster.values():
+        if quota[members].sum() == 0:
+            quota[max(members, key=lambda i: sizes[i])] = 1
+    label_floor = {label: min(min_per_label, int(sizes[m].sum())) for label, m in by_label.items()}
+    for label, members in by_label.items():
+        while quota[members].sum() < label_floor[label]:
+            quota[max(members, key=lambda i: sizes[i] - quota[i])] += 1
+
+    def removable(index: int) -> bool:
+        label, cluster_id = cells[index]
+        return (quota[index] > 0 and quota[by_label[label]].sum() > label_floor[label]
+                and quota[by_cluster[cluster_id]].sum() > 1)
+
+    while quota.sum() > budget:
+        candidates = [i for i in range(len(cells)) if removable(i)]
+        if not candidates:
+            break
+        quota[max(candidates, key=lambda i: quota[i])] -= 1
+    return quota
+
+
+def _pick(vectors: np.ndarray, members: np.ndarray, count: int, how: str, rng: np.random.Generator) -> np.ndarray:
+    if count >= len(members):
+        return members
+    if how == "random":
+        return rng.choice(members, size=count, replace=False)
+    centroid = vectors[members].mean(axis=0)
+    distance = np.linalg.norm(vectors[members] - centroid, axis=1)
+    if how == "centroid":
+        return members[np.argsort(distance, kind="stable")[:count]]
+    chosen = [int(np.argmin(distance))]  # k-center: start central, then always the farthest row
+    nearest = np.linalg.norm(vectors[members] - vectors[members[chosen[0]]], axis=1)
+    while len(chosen) < count:
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, np.linalg.norm(vectors[members] - vectors[members[chosen[-1]]], axis=1))
+    return members[chosen]
+
+
+def kmeans_sample(labels: list, clusters: np.ndarray, vectors: np.ndarray, budget: int, min_per_label: int,
+                  within: str, seed: int) -> np.ndarray:
+    """Sorted row indices of the sample."""
+    rng = np.random.default_rng(seed)
+    cell_of = defaultdict(list)
+    for index, key in enumerate(zip(labels, clusters.tolist(), strict=True)):
+        cell_of[key].append(index)
+    cells = sorted(cell_of, key=str)
+    sizes = np.array([len(cell_of[c]) for c in cells])
+    quota = allocate(cells, sizes, budget, min_per_label)
+    picked = [_pick(vectors, np.array(cell_of[c]), int(q), within, rng) for c, q in zip(cells, quota, strict=True)]
+    return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=int)
+
+
+def random_sample(pool_size: int, budget: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(pool_size, size=budget, replace=False))
