@@ -43,7 +43,8 @@ def texts_end_to_end(count: int) -> None:
         wall = time.perf_counter() - started
     counts = prepared.report["counts"]
     print(f"[texts] {counts['rows_read']:,} texts end to end (tfidf): {wall:.1f} s "
-          f"(goal <= 60 s: {'met' if wall <= 60 else 'NOT met'}); exact dups {prepared.report['exact_duplicates_removed']:,}, "
+          f"(goal <= 60 s: {'met' if wall <= 60 else 'NOT met'}); "
+          f"exact dups {prepared.report['exact_duplicates_removed']:,}, "
           f"near dups {prepared.report['near_duplicates_removed']:,}, K={prepared.report['clusters']['k']}, "
           f"sample {counts['train_sample']:,}; peak RSS so far {peak_rss_gib():.2f} GiB")
 
