@@ -5,8 +5,9 @@ Usage: python bench/selection_quality.py [--csv ../shared/data/symptom2disease.c
 The data goes through tunelab's prepare stage once (dedup, stratified test split, G-means on the
 training pool). Then, at 10% and 20% of the training pool, for each seed, a fast proxy learner
 (TF-IDF + logistic regression) is trained on the `kmeans` sample and on a `random` sample and
-scored on the same test split. A label-stratified
-random sample is the second baseline: it shows what the clusters add beyond keeping the label mix. Prints accuracy mean ± std and the representativeness numbers.
+scored on the same test split. A label-stratified random sample is the second baseline: it shows
+what the clusters add beyond keeping the label mix. Prints accuracy mean ± std and the
+representativeness numbers.
 """
 
 from __future__ import annotations
