@@ -99,6 +99,8 @@ def test_real_dataset_split_has_no_text_in_two_splits():
     splits = prepared.splits
     assert prepared.report["counts"]["rows_read"] == 1200
     assert prepared.report["exact_duplicates_removed"] == 47
+    assert prepared.report["near_duplicates_removed"] > 0  # paraphrases differing by a word or two
+    assert sum(d["kind"] == "near" for d in prepared.duplicates) == prepared.report["near_duplicates_removed"]
     train_texts = {e["messages"][-2]["content"].lower() for e in splits["train"]}
     assert not any(e["messages"][-2]["content"].lower() in train_texts for e in splits["test"])
     assert len(set(e["label"] for e in splits["test"])) == 24

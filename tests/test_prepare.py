@@ -13,7 +13,7 @@ from tunelab.config import TunelabConfig, load_config
 from tunelab.data.cluster import anderson_darling_pvalue, cluster
 from tunelab.data.dedup import near_duplicate_groups
 from tunelab.data.prepare import build_splits, prepare_stage
-from tunelab.data.sample import allocate
+from tunelab.data.sample import allocate, kmeans_sample
 from tunelab.data.vectorize import tfidf_vectors, vectorize
 from tunelab.rundir import RunDir
 
@@ -137,3 +137,19 @@ def test_neural_vectorizers_give_unit_vectors_and_are_cached(tmp_path, tiny_mode
         assert vectors.shape[0] == 3 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
         assert np.array_equal(vectorize(texts, config, tmp_path), vectors)
     assert len(list(tmp_path.glob("vectors-*.npy"))) == 2
+
+
+def test_within_cluster_choices_pick_central_or_spread_rows():
+    rng = np.random.default_rng(0)
+    space = rng.normal(size=(200, 2))
+    clusters, labels = np.zeros(200, dtype=int), ["x"] * 200
+    central = kmeans_sample(labels, clusters, space, 10, 1, "centroid", seed=0)
+    distance = np.linalg.norm(space - space.mean(axis=0), axis=1)
+    assert set(central) == set(np.argsort(distance)[:10])
+
+    def spread(picked):  # smallest distance between two picked rows
+        gaps = np.linalg.norm(space[picked][:, None] - space[picked][None, :], axis=2)
+        return gaps[np.triu_indices(len(picked), 1)].min()
+
+    spread_random = np.mean([spread(kmeans_sample(labels, clusters, space, 10, 1, "random", seed=s)) for s in range(5)])
+    assert spread(kmeans_sample(labels, clusters, space, 10, 1, "k-center", seed=0)) > 2 * spread_random
