@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,14 @@ OutputOption = Annotated[Path | None, typer.Option("--output-dir", "-o", help="R
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Our progress and results always; library chatter (load bars, deprecations) only with -v."""
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -86,6 +96,50 @@ def _show_prepare(report: dict, folder: Path) -> None:
             console.print(f"{name}: sample {values['sample']:.4f}, random {values['random_mean']:.4f} "
                           f"± {values['random_std']:.4f} (percentile {values['percentile']:.0f})")
     console.print(f"written to {folder}")
+
+
+@app.command()
+def search(
+    config: ConfigArg,
+    set_: SetOption = None,
+    output_dir: OutputOption = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna RDB URL shared by several workers, e.g. postgresql://host/db.")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="grid, halving or tpe (overrides search.strategy).")] = None,
+):
+    """Find the best training settings on the validation split (Optuna).
+
+    Every trial trains a fresh model from the base with one combination of `search.space` and is
+    scored on validation (never on test). Interrupt and re-run: finished trials are kept. Run the same
+    command in several terminals or machines with one --storage to share the work. Writes
+    RUN_DIR/search/: study.db, trials.csv, best.yaml (train it with `tunelab train best.yaml`), plots.
+    """
+    from tunelab.workflow import search_run
+
+    overrides = list(set_ or [])
+    overrides += [f"search.storage={storage}"] if storage else []
+    overrides += [f"search.strategy={strategy}"] if strategy else []
+    try:
+        result = search_run(config, overrides, output_dir)
+    except TunelabError as error:
+        _fail(error)
+    _show_trials(result)
+
+
+def _show_trials(result: dict) -> None:
+    rows, metric = result["rows"], result["metric"]
+    table = Table(title=f"search: {len(rows)} trials ranked by validation {metric}")
+    columns = [key for key in rows[0] if key not in ("note",)] + ["note"]
+    for column in columns:
+        table.add_column(column.removeprefix("train."), justify="left" if column in ("state", "note") else "right",
+                         max_width=48 if column == "note" else None, overflow="ellipsis", no_wrap=column == "note")
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else (f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]))
+                        for c in columns])
+    Console().print(table)
+    console.print(f"best {metric} {result['best_value']:.4f} with {result['best_params']}; "
+                  f"config: {result['folder']}/best.yaml")
 
 
 @app.command()

@@ -8,6 +8,7 @@ which `save_config` writes into the run directory with every default filled in.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,22 @@ from tunelab.errors import TunelabError
 
 DEFAULT_GPU_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 DEFAULT_SYSTEM_PROMPT = "Given the patient's symptoms, answer with the most likely diagnosis."
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-4` as a string; learning rates need YAML 1.2 floats."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Section(BaseModel):
@@ -129,6 +146,37 @@ class TrainConfig(Section):
     evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
 
 
+class Range(Section):
+    """A continuous or integer range for TPE: `{low: 1e-5, high: 1e-3, log: true}`."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+class SearchConfig(Section):
+    """Hyperparameter search on the validation split; the winner is written as best.yaml."""
+
+    space: dict[str, list[Any] | Range] = Field(
+        default_factory=dict,
+        description="Dotted config key -> list of values (grid) or {low, high, log} range (tpe), "
+        "e.g. train.learning_rate: [1e-4, 3e-4].",
+    )
+    strategy: Literal["grid", "halving", "tpe"] = Field(
+        "grid", description="grid: every combination; halving: grid with successive halving; tpe: n_trials."
+    )
+    metric: Literal["auto", "loss", "accuracy", "macro_f1"] = Field(
+        "auto", description="Validation objective; auto: accuracy when the data has labels, else loss."
+    )
+    n_trials: int = Field(20, gt=0, description="Trials for tpe (all workers together).")
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///RUN_DIR/search/study.db.")
+    study_name: str = "tunelab"
+    eval_examples: int | None = Field(64, gt=0, description="Validation rows scored at each intermediate report.")
+    reports_per_trial: int = Field(4, gt=0, description="Intermediate validation scores per trial (halving rungs).")
+    reduction_factor: int = Field(3, gt=1, description="Halving keeps the best 1/reduction_factor at each rung.")
+
+
 class EvaluateConfig(Section):
     max_new_tokens: int = Field(32, gt=0, description="Answer budget; reasoning models need more.")
     batch_size: int = Field(16, gt=0)
@@ -143,6 +191,7 @@ class TunelabConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     output_dir: str = Field("runs/default", description="The run directory.")
     seed: int = 42
 
@@ -156,7 +205,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
         if not isinstance(child, dict):
             raise TunelabError(f"--set {dotted}: '{key}' is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value != "" else ""
+    node[keys[-1]] = parse_yaml(raw_value) if raw_value != "" else ""
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -190,7 +239,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Tunelab
     if not path.is_file():
         raise TunelabError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise TunelabError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(tree, dict):

@@ -19,8 +19,10 @@ from typing import Any
 class RunDir:
     """Paths of one run, following DESIGN.md: data/, model/, eval/ beside config.yaml."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, data: str | Path | None = None):
+        """`data` points a run at another run's prepared data (search trials share one data/)."""
         self.root = Path(root)
+        self._data = Path(data) if data else None
 
     @property
     def config(self) -> Path:
@@ -28,7 +30,7 @@ class RunDir:
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self._data or self.root / "data"
 
     @property
     def model(self) -> Path:
@@ -41,6 +43,10 @@ class RunDir:
     @property
     def eval(self) -> Path:
         return self.root / "eval"
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search"
 
     def split(self, name: str) -> Path:
         return self.data / f"{name}.jsonl"

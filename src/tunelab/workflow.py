@@ -63,6 +63,21 @@ def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None
         return run_dir, _prepare(config, run_dir)
 
 
+def search_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> dict[str, Any]:
+    """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
+    from tunelab.search.results import write_results
+    from tunelab.search.study import run_search
+
+    config = load_config(config_path, overrides)
+    if output_dir:
+        config.output_dir = str(output_dir)
+    run_dir = RunDir(config.output_dir)
+    with removed_on_failure(run_dir.root):
+        _prepare(config, run_dir)
+        study = run_search(config, run_dir)
+    return write_results(config, study, run_dir) | {"folder": str(run_dir.search)}
+
+
 def _same_config_as_run(config, run_dir: RunDir):
     saved = config_from_run_dir(run_dir.root)
     if saved.model_dump() != config.model_dump():

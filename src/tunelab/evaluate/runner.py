@@ -39,22 +39,25 @@ def _device(model) -> torch.device:
 def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int,
                      batch_size: int, label: str) -> list[str]:
     """Greedy generations for each example's prompt, batched with left padding."""
-    tokenizer.padding_side = "left"
     outputs: list[str] = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"generating ({label})", total=len(examples))
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start:start + batch_size]
-            prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            inputs = inputs.to(_device(model))
-            generated = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-            )
-            new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            progress.advance(task, len(batch))
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"generating ({label})", total=len(examples))
+            for start in range(0, len(examples), batch_size):
+                batch = examples[start:start + batch_size]
+                prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
+                inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+                inputs = inputs.to(_device(model))
+                generated = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                )
+                new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+                outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                progress.advance(task, len(batch))
+    finally:
+        tokenizer.padding_side = padding_side
     return outputs
 
 
@@ -180,3 +183,29 @@ def _write(run_dir: RunDir, examples, labels, results, generations) -> None:
 def example_rows(run_dir: RunDir, count: int) -> list[dict[str, Any]]:
     path: Path = run_dir.eval / "predictions.jsonl"
     return read_jsonl(path)[:count] if path.exists() else []
+
+
+def resolve_metric(metric: str, has_labels: bool) -> str:
+    """`auto` is accuracy for label tasks and answer loss otherwise."""
+    if metric == "auto":
+        return "accuracy" if has_labels else "loss"
+    if metric in ("accuracy", "macro_f1") and not has_labels:
+        raise TunelabError(f"search.metric={metric} needs labels (data.label_column); use loss")
+    return metric
+
+
+def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: list[str] | None,
+                   config: TunelabConfig, metric: str) -> float:
+    """One number for one model on `examples`: answer loss, or accuracy / macro-F1 of generations."""
+    was_training = model.training
+    model.eval()
+    try:
+        if metric == "loss":
+            return answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)["loss"]
+        generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
+                                       config.evaluate.batch_size, "validation")
+        gold = [answer_text(e) for e in examples]
+        predicted = [match_label(extract_answer(text), labels) for text in generations]
+        return label_metrics(gold, predicted, labels)[metric]
+    finally:
+        model.train(was_training)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -17,9 +18,11 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
+from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
@@ -73,7 +76,7 @@ def count_parameters(model) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation: bool):
+def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation: bool, quiet: bool):
     from transformers import TrainingArguments
 
     train = config.train
@@ -93,10 +96,12 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         max_grad_norm=train.max_grad_norm,
         logging_steps=train.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # the watchdog must see a NaN loss, not a smoothed-over one
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
-        eval_strategy="epoch" if has_validation else "no",
+        eval_strategy="epoch" if has_validation and not quiet else "no",
+        disable_tqdm=quiet,
         train_sampling_strategy="group_by_length",
         seed=config.seed,
         data_seed=config.seed,
@@ -128,8 +133,32 @@ class TrainingOutcome:
     tokenizer: Any
 
 
-def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -> TrainingOutcome:
-    """Train on data/train.jsonl and write model/ (weights, tokenizer, summary, loss curve)."""
+class TrainingDiverged(TunelabError):
+    """The loss became NaN or infinite: training cannot recover from there."""
+
+
+class LossWatchdog(TrainerCallback):
+    """Stops training at the first non-finite loss, naming the step and the likely cause."""
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss} at step {state.global_step}: the learning rate "
+                f"({self.learning_rate:g}) is probably too high; the last good checkpoint is kept"
+            )
+
+
+def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
+                 callbacks: tuple = (), quiet: bool = False) -> TrainingOutcome:
+    """Train on data/train.jsonl and write model/ (weights, tokenizer, summary, loss curve).
+
+    `quiet` (search trials): no progress bar, no printed logs, no Trainer evaluation; the log file
+    and the callbacks still see every record.
+    """
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
     train = config.train
@@ -143,7 +172,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -
     model = build_model(config, source)
     parameters = count_parameters(model)
     effective_batch = train.per_device_batch_size * train.gradient_accumulation_steps * _world_size()
-    log.info(
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
         "method=%s trainable=%s/%s effective batch B=%d (b=%d x g=%d x processes=%d) truncated rows=%d",
         train.method, f"{parameters['trainable']:,}", f"{parameters['total']:,}", effective_batch,
         train.per_device_batch_size, train.gradient_accumulation_steps, _world_size(), truncated,
@@ -155,12 +185,14 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False) -
         shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
     trainer = Trainer(
         model=model,
-        args=_training_arguments(config, run_dir.checkpoints, validation_set is not None),
+        args=_training_arguments(config, run_dir.checkpoints, validation_set is not None, quiet),
         train_dataset=train_set,
         eval_dataset=validation_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[JsonlLogCallback(log_path)],
+        callbacks=[JsonlLogCallback(log_path), LossWatchdog(train.learning_rate), *callbacks],
     )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     resume_from = resume and _latest_checkpoint(run_dir.checkpoints)
     result = trainer.train(resume_from_checkpoint=resume_from or None)

@@ -1,0 +1,1 @@
+"""Search stage: Optuna studies over training settings, scored on the validation split."""

@@ -1,0 +1,236 @@
+"""Run a search: an Optuna study whose trials each train a fresh model and score it on validation.
+
+Strategies: `grid` (GridSampler, every combination), `halving` (the same grid with a
+SuccessiveHalvingPruner fed by intermediate validation scores) and `tpe` (TPESampler, n_trials).
+The study lives in an RDB storage (SQLite in the run directory by default), so an interrupted search
+resumes where it stopped and several workers can share one study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from tunelab.config import TunelabConfig
+from tunelab.errors import TunelabError
+from tunelab.evaluate.runner import resolve_metric, score_examples
+from tunelab.rundir import RunDir, read_jsonl
+from tunelab.search.space import grid_points, suggest, validate_space, with_values
+from tunelab.train.trainer import TrainingDiverged, run_training
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class IntermediateScores(TrainerCallback):
+    """Scores the model on validation rows a few times during training and reports to Optuna.
+
+    With a pruner, a trial whose score falls behind at a rung stops training there.
+    """
+
+    def __init__(self, trial: optuna.Trial, score, every: int):
+        self.trial, self.score, self.every = trial, score, every
+        self.pruned_at: int | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        value = self.score(model)
+        self.trial.report(value, state.global_step)
+        self.trial.set_user_attr(f"curve_{state.global_step:06d}", value)
+        if self.trial.should_prune():
+            self.pruned_at = state.global_step
+            control.should_training_stop = True
+
+
+def _total_steps(config: TunelabConfig, train_rows: int) -> int:
+    train = config.train
+    if train.max_steps > 0:
+        return train.max_steps
+    per_epoch = math.ceil(train_rows / (train.per_device_batch_size * train.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * train.epochs))
+
+
+class Objective:
+    """Train one configuration from the base model and return its validation score."""
+
+    def __init__(self, config: TunelabConfig, run_dir: RunDir, metric: str):
+        self.config, self.run_dir, self.metric = config, run_dir, metric
+        self.validation = read_jsonl(run_dir.split("validation"))
+        self.train_rows = len(read_jsonl(run_dir.split("train")))
+        labels = {e["label"] for e in read_jsonl(run_dir.split("train")) + self.validation if "label" in e}
+        self.labels = sorted(labels) or None
+        self.tokenizer = _tokenizer_for(config)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = suggest(trial, self.config)
+        _refuse_duplicate(trial)
+        trial_config = with_values(self.config, values)
+        trial_config.train.evaluate_after = False
+        train = trial_config.train
+        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("effective_batch_size", train.per_device_batch_size * train.gradient_accumulation_steps)
+        folder = RunDir(self.run_dir.search / "trials" / f"{trial.number:04d}", data=self.run_dir.data)
+        shutil.rmtree(folder.root, ignore_errors=True)
+        trial_config.output_dir = str(folder.root)
+        subset = self.validation[: self.config.search.eval_examples]
+        reporter = IntermediateScores(
+            trial,
+            lambda model: score_examples(model, self.tokenizer, subset, self.labels, trial_config, self.metric),
+            every=max(1, _total_steps(trial_config, self.train_rows) // self.config.search.reports_per_trial),
+        )
+        started = time.perf_counter()
+        log.info("trial %d: %s", trial.number, ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in values.items()))
+        try:
+            outcome = run_training(trial_config, folder, callbacks=(reporter,), quiet=True)
+        except (TrainingDiverged, torch.OutOfMemoryError) as error:
+            trial.set_user_attr("fail_reason", str(error).splitlines()[0])
+            raise
+        finally:
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 1))
+        trial.set_user_attr("training_tokens", outcome.summary["tokens_seen"])
+        trial.set_user_attr("steps", outcome.summary["steps"])
+        shutil.rmtree(folder.checkpoints, ignore_errors=True)  # trials keep their final weights only
+        if reporter.pruned_at is not None:
+            trial.set_user_attr("pruned_at_step", reporter.pruned_at)
+            raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
+        value = score_examples(outcome.model, outcome.tokenizer, self.validation, self.labels, trial_config,
+                               self.metric)
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"validation {self.metric} is {value}")
+            raise TrainingDiverged(f"trial {trial.number}: validation {self.metric} is {value}")
+        return value
+
+
+class DuplicateTrial(Exception):
+    """Another worker already runs or ran these values (a race at the end of a shared grid)."""
+
+
+def _refuse_duplicate(trial: optuna.Trial) -> None:
+    study = trial.study
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if other.number != trial.number and other.params == trial.params:
+            trial.set_user_attr("fail_reason", f"duplicate of trial {other.number}")
+            study.stop()
+            raise DuplicateTrial(f"values already taken by trial {other.number}")
+
+
+def _tokenizer_for(config: TunelabConfig):
+    from tunelab.train.model import load_tokenizer, materialize
+
+    return load_tokenizer(materialize(config.model), config.model)
+
+
+def storage_url(config: TunelabConfig, run_dir: RunDir) -> str:
+    if config.search.storage:
+        return config.search.storage
+    run_dir.search.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(run_dir.search / 'study.db').resolve()}"
+
+
+def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The RDB storage; workers started together on a new database race to create its tables, so retry."""
+    import sqlalchemy.exc
+
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=30, grace_period=120,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except sqlalchemy.exc.SQLAlchemyError:
+            time.sleep(0.5 + attempt)
+    return connect()
+
+
+def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.Study:
+    search = config.search
+    storage = _storage(storage_url(config, run_dir))
+    if search.strategy == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=config.seed)
+    else:
+        sampler = optuna.samplers.GridSampler({k: list(v) for k, v in search.space.items()}, seed=config.seed)
+    pruner = (
+        optuna.pruners.SuccessiveHalvingPruner(reduction_factor=search.reduction_factor)
+        if search.strategy == "halving" else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        storage=storage, study_name=search.study_name, sampler=sampler, pruner=pruner,
+        direction="minimize" if metric == "loss" else "maximize", load_if_exists=True,
+    )
+
+
+def _retry_dead_local_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed process on this machine fail now and run again.
+
+    (Workers on other machines are covered by Optuna's heartbeat after its grace period.)
+    """
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        name, _, pid = worker.rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            log.info("trial %d was interrupted (worker %s is gone): it runs again", trial.number, worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _grid_left(study: optuna.Study, grid: list[dict[str, Any]]) -> int:
+    """Grid points no trial has finished, runs or waits for: what this worker may still start."""
+    taken = [trial.params for trial in study.get_trials(deepcopy=False)
+             if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+             or (trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs)]
+    return sum(point not in taken for point in grid)
+
+
+def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
+    """Run (or resume, or join) the study until the grid or the trial budget is used up."""
+    validate_space(config)
+    if not read_jsonl(run_dir.split("validation")):
+        raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1)")
+    has_labels = any("label" in e for e in read_jsonl(run_dir.split("validation"))[:1])
+    metric = resolve_metric(config.search.metric, has_labels)
+    study = open_study(config, run_dir, metric)
+    study.set_user_attr("metric", metric)
+    _retry_dead_local_trials(study)
+    objective = Objective(config, run_dir, metric)
+    failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
+    if config.search.strategy == "tpe":
+        done = optuna.study.MaxTrialsCallback(config.search.n_trials,
+                                              states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        study.optimize(objective, callbacks=[done], catch=failures, n_trials=config.search.n_trials)
+        return study
+    grid = grid_points(config)
+
+    def stop_when_grid_is_taken(study: optuna.Study, _trial) -> None:
+        if not _grid_left(study, grid) and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+    if _grid_left(study, grid) or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.optimize(objective, callbacks=[stop_when_grid_is_taken], catch=failures)
+    return study

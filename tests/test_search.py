@@ -1,0 +1,124 @@
+"""Hyperparameter search on the tiny Qwen2: grid, halving, resume, failures, shared workers."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import make_label_rows, write_config, write_csv
+from tunelab.config import load_config
+from tunelab.data.prepare import prepare_stage
+from tunelab.rundir import RunDir
+from tunelab.search.results import write_results
+from tunelab.search.study import run_search
+
+GRID = {"train.learning_rate": [1e-3, 1e-2], "train.lora.r": [4, 8]}
+
+
+def search_config(tmp_path, model_dir, space=GRID, **search):
+    csv_path = write_csv(tmp_path / "d.csv", make_label_rows(per_label=16))
+    path = write_config(tmp_path, {"source": str(csv_path), "validation_size": 0.2}, model_dir,
+                        train={"max_steps": 6, "save_steps": 100},
+                        search={"space": space, "metric": "loss", **search})
+    return path
+
+
+def run(config_path, *extra):
+    config = load_config(config_path, list(extra))
+    run_dir = RunDir(config.output_dir)
+    prepare_stage(config, run_dir)
+    return config, run_dir, run_search(config, run_dir)
+
+
+def finished_params(study):
+    return [t.params for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
+
+
+def test_grid_runs_every_combination_and_exports_the_best(tmp_path, tiny_model_dir):
+    config, run_dir, study = run(search_config(tmp_path, tiny_model_dir))
+    params = finished_params(study)
+    assert len(params) == 4 and len({tuple(sorted(p.items())) for p in params}) == 4
+    result = write_results(config, study, run_dir)
+    with open(run_dir.search / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    best_row = min(rows, key=lambda r: float(r["loss"]))
+    best = load_config(run_dir.search / "best.yaml")
+    assert best.train.learning_rate == float(best_row["train.learning_rate"]) == result["best_params"][
+        "train.learning_rate"]
+    assert best.train.lora.r == int(best_row["train.lora.r"]) and best.search.space == {}
+    assert {r["state"] for r in rows} == {"COMPLETE"} and all(int(r["training_tokens"]) > 0 for r in rows)
+    for picture in ("metric_vs_lr.png", "grid_heatmap.png", "validation_curves.png"):
+        assert (run_dir.search / picture).stat().st_size > 1000
+
+
+def test_halving_prunes_trials_and_saves_tokens(tmp_path, tiny_model_dir):
+    space = {"train.learning_rate": [1e-6, 3e-6, 1e-5, 1e-2, 2e-2, 3e-2]}
+    _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space, strategy="halving",
+                                    reduction_factor=2, reports_per_trial=3), "train.max_steps=12")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert pruned and complete and len(pruned) + len(complete) == 6
+    assert max(t.user_attrs["training_tokens"] for t in pruned) < min(
+        t.user_attrs["training_tokens"] for t in complete)
+    assert study.best_trial.params["train.learning_rate"] >= 1e-2
+
+
+def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):
+    space = {"train.learning_rate": [1e30, 1e-2]}
+    _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].params["train.learning_rate"] == 1e30
+    assert "learning rate" in failed[0].user_attrs["fail_reason"]
+    assert study.best_trial.params["train.learning_rate"] == 1e-2
+
+
+def _search_process(config_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tunelab", "search", str(config_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, tiny_model_dir):
+    config_path = search_config(tmp_path, tiny_model_dir)
+    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 40"))
+    process = _search_process(config_path)
+    for line in process.stderr:
+        if "trial 1:" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    storage = f"sqlite:///{tmp_path / 'run' / 'search' / 'study.db'}"
+    before = optuna.load_study(study_name="tunelab", storage=storage)
+    assert [t.state for t in before.get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
+    first = before.trials[0]
+
+    resumed = subprocess.run([sys.executable, "-m", "tunelab", "search", str(config_path)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = optuna.load_study(study_name="tunelab", storage=storage)
+    params = finished_params(study)
+    assert len(params) == 4 and sum(p == first.params for p in params) == 1
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == first.value
+    assert "trial 0:" not in resumed.stderr
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_workers_sharing_one_storage_split_the_grid(tmp_path, tiny_model_dir, workers):
+    space = {"train.learning_rate": [1e-3, 3e-3, 1e-2], "train.lora.r": [4, 8]}
+    config_path = search_config(tmp_path, tiny_model_dir, space=space)
+    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 30"))
+    config = load_config(config_path)
+    prepare_stage(config, RunDir(config.output_dir))  # as the first worker would; then both join
+    processes = [_search_process(config_path) for _ in range(workers)]
+    for process in processes:
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors[-2000:]
+    study = optuna.load_study(study_name="tunelab", storage=f"sqlite:///{tmp_path / 'run' / 'search' / 'study.db'}")
+    params = [tuple(sorted(p.items())) for p in finished_params(study)]
+    assert len(params) == 6 and len(set(params)) == 6
+    assert len({t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}) == workers
