@@ -57,7 +57,7 @@ def test_grid_runs_every_combination_and_exports_the_best(tmp_path, tiny_model_d
 
 
 def test_halving_prunes_trials_and_saves_tokens(tmp_path, tiny_model_dir):
-    space = {"train.learning_rate": [1e-6, 3e-6, 1e-5, 1e-2, 2e-2, 3e-2]}
+    space = {"train.learning_rate": [1e-2, 2e-2, 3e-2, 1e-6, 3e-6, 1e-5]}  # strong first: weak ones get cut
     _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space, strategy="halving",
                                     reduction_factor=2, reports_per_trial=3), "train.max_steps=12")
     pruned = study.get_trials(states=(TrialState.PRUNED,))

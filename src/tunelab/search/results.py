@@ -35,8 +35,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "training_tokens": attrs.get("training_tokens"),
             "wall_seconds": attrs.get("wall_seconds"),
             "state": trial.state.name,
-            "note": attrs.get("fail_reason") or (f"pruned at step {attrs['pruned_at_step']}"
-                                                 if "pruned_at_step" in attrs else ""),
+            "note": attrs.get("fail_reason") or (f"pruned after {attrs['pruned_at_examples']} examples"
+                                                 if "pruned_at_examples" in attrs else ""),
         })
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -136,7 +136,7 @@ def _plot_curves(study: optuna.Study, metric: str, path) -> None:
             style = "-" if trial.state == TrialState.COMPLETE else ":"
             axis.plot(steps, [trial.intermediate_values[s] for s in steps], style, marker=".",
                       label=f"#{trial.number} {trial.state.name.lower()}")
-    axis.set_xlabel("optimizer step")
+    axis.set_xlabel("training examples seen")
     axis.set_ylabel(f"validation {metric} (subset)")
     axis.grid(alpha=0.3)
     if len(study.trials) <= 16:

@@ -37,30 +37,35 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 class IntermediateScores(TrainerCallback):
     """Scores the model on validation rows a few times during training and reports to Optuna.
 
-    With a pruner, a trial whose score falls behind at a rung stops training there.
+    Progress is counted in training examples seen (steps × effective batch), so trials with other
+    batch sizes meet at the same rungs. With a pruner, a trial that falls behind at a rung stops there.
     """
 
-    def __init__(self, trial: optuna.Trial, score, every: int):
-        self.trial, self.score, self.every = trial, score, every
+    def __init__(self, trial: optuna.Trial, score, every_examples: int, effective_batch: int):
+        self.trial, self.score = trial, score
+        self.every, self.batch = every_examples, effective_batch
+        self.next_report = every_examples
         self.pruned_at: int | None = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every and state.global_step != state.max_steps:
+        seen = state.global_step * self.batch
+        if seen < self.next_report and state.global_step != state.max_steps:
             return
+        self.next_report = (seen // self.every + 1) * self.every
         value = self.score(model)
-        self.trial.report(value, state.global_step)
-        self.trial.set_user_attr(f"curve_{state.global_step:06d}", value)
+        self.trial.report(value, seen)
+        self.trial.set_user_attr(f"curve_{seen:08d}", value)
         if self.trial.should_prune():
-            self.pruned_at = state.global_step
+            self.pruned_at = seen
             control.should_training_stop = True
 
 
-def _total_steps(config: TunelabConfig, train_rows: int) -> int:
+def report_interval(config: TunelabConfig, train_rows: int) -> int:
+    """Training examples between two intermediate scores (also the first halving rung)."""
     train = config.train
-    if train.max_steps > 0:
-        return train.max_steps
-    per_epoch = math.ceil(train_rows / (train.per_device_batch_size * train.gradient_accumulation_steps))
-    return max(1, math.ceil(per_epoch * train.epochs))
+    batch = train.per_device_batch_size * train.gradient_accumulation_steps
+    examples = train.max_steps * batch if train.max_steps > 0 else math.ceil(train_rows * train.epochs)
+    return max(1, examples // config.search.reports_per_trial)
 
 
 class Objective:
@@ -89,7 +94,8 @@ class Objective:
         reporter = IntermediateScores(
             trial,
             lambda model: score_examples(model, self.tokenizer, subset, self.labels, trial_config, self.metric),
-            every=max(1, _total_steps(trial_config, self.train_rows) // self.config.search.reports_per_trial),
+            report_interval(self.config, self.train_rows),
+            train.per_device_batch_size * train.gradient_accumulation_steps,
         )
         started = time.perf_counter()
         log.info("trial %d: %s", trial.number, ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in values.items()))
@@ -104,8 +110,8 @@ class Objective:
         trial.set_user_attr("steps", outcome.summary["steps"])
         shutil.rmtree(folder.checkpoints, ignore_errors=True)  # trials keep their final weights only
         if reporter.pruned_at is not None:
-            trial.set_user_attr("pruned_at_step", reporter.pruned_at)
-            raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
+            trial.set_user_attr("pruned_at_examples", reporter.pruned_at)
+            raise optuna.TrialPruned(f"pruned after {reporter.pruned_at} examples")
         value = score_examples(outcome.model, outcome.tokenizer, self.validation, self.labels, trial_config,
                                self.metric)
         if not math.isfinite(value):
@@ -165,8 +171,10 @@ def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.St
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=config.seed)
     else:
         sampler = optuna.samplers.GridSampler({k: list(v) for k, v in search.space.items()}, seed=config.seed)
+    train_rows = len(read_jsonl(run_dir.split("train")))
     pruner = (
-        optuna.pruners.SuccessiveHalvingPruner(reduction_factor=search.reduction_factor)
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=report_interval(config, train_rows),
+                                               reduction_factor=search.reduction_factor)
         if search.strategy == "halving" else optuna.pruners.NopPruner()
     )
     return optuna.create_study(
