@@ -1,6 +1,6 @@
 """Exhaustive grid vs successive halving on the same grid: best metric found and training tokens spent.
 
-Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.csv] [--sample 0.15]
+Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.csv] [--sample 0.1]
 
 SmolLM2-135M-Instruct with LoRA on a kmeans sample of symptom2disease, a 12-configuration grid
 (learning rate × gradient accumulation × LoRA rank), scored by accuracy of generated answers on the
@@ -32,14 +32,14 @@ SPACE = {
 def settings(csv: str, sample: float, strategy: str, folder: Path) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
-              "validation_size": 0.1},
+              "validation_size": 0.06},
         prepare={"sample": sample},
         model={"name_or_path": "smollm2-135m-instruct"},
         train={"method": "lora", "per_device_batch_size": 8, "epochs": 2, "max_length": 256, "save_steps": 1000,
                "logging_steps": 5},
         evaluate={"max_new_tokens": 12, "batch_size": 32},
-        search={"space": SPACE, "strategy": strategy, "metric": "accuracy", "eval_examples": 32,
-                "reports_per_trial": 4, "reduction_factor": 3, "study_name": strategy},
+        search={"space": SPACE, "strategy": strategy, "metric": "accuracy", "eval_examples": 24,
+                "reports_per_trial": 3, "reduction_factor": 3, "study_name": strategy},
         output_dir=str(folder),
     )
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
                                              / "symptom2disease.csv"))
-    parser.add_argument("--sample", type=float, default=0.15)
+    parser.add_argument("--sample", type=float, default=0.1)
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:

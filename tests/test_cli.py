@@ -107,7 +107,7 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
         ([{"text": "I cough.", "label": "Flu"}] * 5, {}, "only 1 distinct row(s) left after de-duplication"),
         (None, {"sample": 5000}, "prepare.sample=5000 is larger than the"),
         (None, {"k": 500}, "prepare.k=500 is larger than the"),
-        ([{"text": " ", "label": "Flu"}] * 3, {}, "row 1: 'text' is empty"),
+        ([{"text": " ", "label": "Flu"}] * 3, {}, "every row: 'text' is empty (3 rows)"),
     ],
 )
 def test_prepare_bad_input_is_one_line_exit_2(tmp_path, tiny_model_dir, rows, prepare, expected):

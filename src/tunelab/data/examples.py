@@ -1,7 +1,8 @@
 """Turn table rows into chat examples: `{"messages": [...], "label": ..., "id": ...}`.
 
 Every later stage (training, evaluation, search) reads this one format, so column mapping and the
-system prompt are decided here, once.
+system prompt are decided here, once. Every row is checked before anything runs, and all problems
+are reported together (the first 20 and a count), not one per attempt.
 """
 
 from __future__ import annotations
@@ -12,28 +13,64 @@ from tunelab.config import DataConfig
 from tunelab.errors import TunelabError
 
 ROLES = ("system", "user", "assistant")
+SHOWN_PROBLEMS = 20
+
+
+class RowProblem(Exception):
+    """One bad value in one row; collected, then reported with the others."""
+
+
+class Problems:
+    def __init__(self, origin: str):
+        self.origin, self.messages, self.kinds = origin, [], set()
+
+    def add(self, index: int, message: str) -> None:
+        """Row numbers count from 1 after the header, as a spreadsheet shows them."""
+        self.messages.append(f"row {index + 1}: {message}")
+        self.kinds.add(message)
+
+    def raise_if_any(self, total_rows: int) -> None:
+        if not self.messages:
+            return
+        if len(self.messages) == total_rows > 1 and len(self.kinds) == 1:
+            raise TunelabError(f"{self.origin}: every row: {next(iter(self.kinds))} ({total_rows} rows)")
+        if len(self.messages) == 1:
+            raise TunelabError(f"{self.origin}: {self.messages[0]}")
+        shown = self.messages[:SHOWN_PROBLEMS]
+        lines = [f"{self.origin}: {len(self.messages)} problems; {shown[0]}", *(f"  {m}" for m in shown[1:])]
+        if len(self.messages) > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(self.messages) - SHOWN_PROBLEMS} more")
+        raise TunelabError("\n".join(lines))
 
 
 def rows_to_examples(rows: list[dict[str, Any]], config: DataConfig, origin: str) -> list[dict[str, Any]]:
-    """Validate every row and map it to a chat example; the first bad row is a one-line error."""
-    if config.messages_column:
-        _require_columns(rows, [config.messages_column], origin)
-        return [_from_messages(row[config.messages_column], config, origin, i) for i, row in enumerate(rows)]
-    answer_column = config.label_column or config.completion_column
-    _require_columns(rows, [config.input_column, answer_column], origin)
+    """Validate every row and map it to a chat example; all bad rows are reported together."""
+    problems = Problems(origin)
     examples = []
+    columns = [config.messages_column] if config.messages_column else [
+        config.input_column, config.label_column or config.completion_column]
+    _require_columns(rows, columns, origin)
     for index, row in enumerate(rows):
-        user_text = _text(row[config.input_column], config.input_column, origin, index)
-        answer = _text(row[answer_column], answer_column, origin, index)
-        messages = _with_system(config.system_prompt) + [
-            {"role": "user", "content": user_text},
-            {"role": "assistant", "content": answer},
-        ]
-        example = {"id": str(index), "messages": messages}
-        if config.label_column:
-            example["label"] = answer
-        examples.append(example)
+        try:
+            examples.append(_example(row, config, index))
+        except RowProblem as problem:
+            problems.add(index, str(problem))
+    problems.raise_if_any(len(rows))
     return examples
+
+
+def _example(row: dict[str, Any], config: DataConfig, index: int) -> dict[str, Any]:
+    if config.messages_column:
+        return {"id": str(index), "messages": _from_messages(row[config.messages_column], config)}
+    answer_column = config.label_column or config.completion_column
+    messages = _with_system(config.system_prompt) + [
+        {"role": "user", "content": _text(row[config.input_column], config.input_column)},
+        {"role": "assistant", "content": _text(row[answer_column], answer_column)},
+    ]
+    example = {"id": str(index), "messages": messages}
+    if config.label_column:
+        example["label"] = messages[-1]["content"]
+    return example
 
 
 def _with_system(system_prompt: str | None) -> list[dict[str, str]]:
@@ -47,35 +84,33 @@ def _require_columns(rows: list[dict[str, Any]], columns: list[str], origin: str
             raise TunelabError(f"{origin}: no column '{column}' (columns: {', '.join(map(str, present))})")
 
 
-def _text(value: Any, column: str, origin: str, index: int) -> str:
-    """Row numbers in messages count from 1 after the header, as a spreadsheet shows them."""
+def _text(value: Any, column: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
-        raise TunelabError(f"{origin}: row {index + 1}: '{column}' is missing")
+        raise RowProblem(f"'{column}' is missing")
     if not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         else:
-            raise TunelabError(f"{origin}: row {index + 1}: '{column}' is not text ({type(value).__name__})")
+            raise RowProblem(f"'{column}' is not text ({type(value).__name__})")
     value = value.strip()
     if not value:
-        raise TunelabError(f"{origin}: row {index + 1}: '{column}' is empty")
+        raise RowProblem(f"'{column}' is empty")
     return value
 
 
-def _from_messages(value: Any, config: DataConfig, origin: str, index: int) -> dict[str, Any]:
+def _from_messages(value: Any, config: DataConfig) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise TunelabError(f"{origin}: row {index + 1}: '{config.messages_column}' is not a list of messages")
+        raise RowProblem(f"'{config.messages_column}' is not a list of messages")
     messages = []
     for message in value:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise TunelabError(f"{origin}: row {index + 1}: each message needs a role in {ROLES}")
-        messages.append({"role": message["role"],
-                         "content": _text(message.get("content"), "content", origin, index)})
+            raise RowProblem(f"each message needs a role in {ROLES}")
+        messages.append({"role": message["role"], "content": _text(message.get("content"), "content")})
     if messages[-1]["role"] != "assistant":
-        raise TunelabError(f"{origin}: row {index + 1}: the last message must be the assistant's answer")
+        raise RowProblem("the last message must be the assistant's answer")
     if messages[0]["role"] != "system":
         messages = _with_system(config.system_prompt) + messages
-    return {"id": str(index), "messages": messages}
+    return messages
 
 
 def prompt_messages(example: dict[str, Any]) -> list[dict[str, str]]:

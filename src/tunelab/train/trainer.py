@@ -24,6 +24,7 @@ from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
+from tunelab.train.checkpoints import AtomicCheckpointTrainer, latest_complete_checkpoint
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -138,16 +139,29 @@ class TrainingDiverged(TunelabError):
 
 
 class LossWatchdog(TrainerCallback):
-    """Stops training at the first non-finite loss, naming the step and the likely cause."""
+    """Stops training at a non-finite or exploding loss, naming the step and the likely cause.
+
+    Exploding: more than `EXPLOSION_FACTOR` times the first logged loss, which fine-tuning from a
+    pretrained model never legitimately reaches.
+    """
+
+    EXPLOSION_FACTOR = 4.0
 
     def __init__(self, learning_rate: float):
         self.learning_rate = learning_rate
+        self.first_loss: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
+        if loss is None:
+            return
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
+        exploded = self.first_loss is not None and loss > self.EXPLOSION_FACTOR * self.first_loss
+        if not math.isfinite(loss) or exploded:
+            what = f"exploded to {loss:.4g} (from {self.first_loss:.4g})" if exploded else f"became {loss}"
             raise TrainingDiverged(
-                f"training loss became {loss} at step {state.global_step}: the learning rate "
+                f"training loss {what} at step {state.global_step}: the learning rate "
                 f"({self.learning_rate:g}) is probably too high; the last good checkpoint is kept"
             )
 
@@ -159,7 +173,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     `quiet` (search trials): no progress bar, no printed logs, no Trainer evaluation; the log file
     and the callbacks still see every record.
     """
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed
 
     train = config.train
     torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
@@ -183,7 +197,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     if not resume:  # a fresh run must not pick up or rotate checkpoints of an earlier one
         log_path.unlink(missing_ok=True)
         shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
-    trainer = Trainer(
+    trainer = AtomicCheckpointTrainer(
         model=model,
         args=_training_arguments(config, run_dir.checkpoints, validation_set is not None, quiet),
         train_dataset=train_set,
@@ -194,8 +208,10 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     if quiet:
         trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
-    resume_from = resume and _latest_checkpoint(run_dir.checkpoints)
-    result = trainer.train(resume_from_checkpoint=resume_from or None)
+    resume_from = latest_complete_checkpoint(run_dir.checkpoints) if resume else None
+    if resume_from:
+        log.info("resuming from %s", resume_from.name)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - started
     summary = {
         "method": train.method,
@@ -217,12 +233,6 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _latest_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def save_model(model, tokenizer, run_dir: RunDir, summary: dict[str, Any], log_path: Path) -> None:

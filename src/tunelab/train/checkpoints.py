@@ -1,0 +1,84 @@
+"""Crash-safe checkpoints: a checkpoint is either complete under its final name or not there at all.
+
+transformers writes `checkpoint-N` in place and resumes from the highest number even when a crash
+left it half-written. Here the Trainer writes each checkpoint into a staging folder on the same
+filesystem; the files are flushed, a COMPLETE marker is written, and only then is the folder renamed
+to `checkpoint-N`. Resume takes the newest complete checkpoint and reports what it ignores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+STAGING = ".staging"
+_NUMBERED = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """A Trainer whose checkpoints appear atomically (staging folder, fsync, marker, rename)."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        final_root = Path(self._get_output_dir(trial=trial))
+        staging_root = final_root / STAGING
+        shutil.rmtree(staging_root, ignore_errors=True)
+        staging_root.mkdir(parents=True)
+        self.args.output_dir, real_output_dir = str(staging_root), self.args.output_dir
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = real_output_dir
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged = staging_root / name
+        (staged / COMPLETE_MARKER).write_text(f"step {self.state.global_step}\n")
+        _fsync_tree(staged)
+        target = final_root / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+        shutil.rmtree(staging_root, ignore_errors=True)
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint with its COMPLETE marker; incomplete ones are reported and removed."""
+    if not folder.is_dir():
+        return None
+    staging = folder / STAGING
+    for leftover in sorted(staging.glob("*")) if staging.is_dir() else []:
+        log.warning("ignoring %s: the process stopped while saving it", leftover.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    complete = []
+    for path in folder.iterdir():
+        match = _NUMBERED.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        if (path / COMPLETE_MARKER).is_file():
+            complete.append((int(match.group(1)), path))
+        else:
+            log.warning("ignoring %s: it has no %s marker (incomplete)", path.name, COMPLETE_MARKER)
+            shutil.rmtree(path)
+    return max(complete)[1] if complete else None
