@@ -8,6 +8,7 @@ to `checkpoint-N`. Resume takes the newest complete checkpoint and reports what 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,9 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
             log.warning("ignoring %s: it has no %s marker (incomplete)", path.name, COMPLETE_MARKER)
             shutil.rmtree(path)
     return max(complete)[1] if complete else None
+
+
+def finished_checkpoint(checkpoint: Path) -> bool:
+    """True when the checkpoint was saved at the last step: training has nothing left to do."""
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    return state["global_step"] >= state["max_steps"] > 0

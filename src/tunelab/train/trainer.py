@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, TrainerState
 
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
-from tunelab.train.checkpoints import AtomicCheckpointTrainer, latest_complete_checkpoint
+from tunelab.train.checkpoints import AtomicCheckpointTrainer, finished_checkpoint, latest_complete_checkpoint
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,21 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     resume_from = latest_complete_checkpoint(run_dir.checkpoints) if resume else None
     if resume_from:
         log.info("resuming from %s", resume_from.name)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from and finished_checkpoint(resume_from):
+        # transformers would run one step past max_steps when resuming from the last checkpoint.
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE_NAME))
+        steps, training_loss = trainer.state.global_step, _mean_logged_loss(trainer.state.log_history)
+    else:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        steps, training_loss = result.global_step, result.training_loss
     wall = time.perf_counter() - started
     summary = {
         "method": train.method,
         "parameters": parameters,
         "effective_batch_size": effective_batch,
-        "steps": result.global_step,
-        "train_loss": result.training_loss,
+        "steps": steps,
+        "train_loss": training_loss,
         "wall_seconds": round(wall, 1),
         "train_rows": len(train_set),
         "truncated_rows": truncated,
@@ -229,6 +237,11 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     }
     save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     return TrainingOutcome(summary, trainer.model, tokenizer)
+
+
+def _mean_logged_loss(history: list[dict[str, Any]]) -> float:
+    losses = [record["loss"] for record in history if "loss" in record]
+    return sum(losses) / len(losses) if losses else float("nan")
 
 
 def _world_size() -> int:
