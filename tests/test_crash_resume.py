@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_label_rows, write_config, write_csv
 from safetensors.torch import load_file
 
+from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
 from tunelab.evaluate.runner import answer_loss, load_tuned
 from tunelab.rundir import RunDir, read_jsonl
@@ -38,7 +38,7 @@ def logged_step(run: Path) -> int:
 
 KILL_POINTS = {
     "after the first step, before any checkpoint": lambda run: logged_step(run) >= 1,
-    "inside a checkpoint save": lambda run: any((run / "checkpoints" / ".staging").glob("checkpoint-*")),
+    "inside a checkpoint save": lambda run: any((run / "checkpoints" / ".staging").glob("checkpoint-[468]")),
     "right after checkpoint 4": lambda run: (run / "checkpoints" / "checkpoint-4").is_dir(),
     "between checkpoints, after step 5": lambda run: logged_step(run) >= 5,
     "after the last checkpoint, before the final save": lambda run: (run / "checkpoints" / "checkpoint-8").is_dir(),
