@@ -60,3 +60,32 @@ def test_method_lowers_answer_loss_and_saved_weights_reload(method, tmp_path, la
     assert (trainable == total) if method == "full" else (0 < trainable < total)
     logged = read_jsonl(run_dir.root / "train_log.jsonl")
     assert [r["step"] for r in logged if "loss" in r][:3] == [1, 2, 3]
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_its_checkpoints(tmp_path, label_csv, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    config = write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir,
+                          train={"max_steps": 8, "save_steps": 1, "learning_rate": 1e30})
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "training loss became nan at step" in line and "learning rate (1e+30) is probably too high" in line
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and not (tmp_path / "run" / "model").exists()
+
+
+def test_watchdog_catches_an_exploding_loss():
+    from transformers import TrainerControl, TrainerState
+
+    from tunelab.train.trainer import LossWatchdog, TrainingDiverged
+
+    watchdog, state = LossWatchdog(learning_rate=0.5), TrainerState()
+    for step, loss in enumerate([2.0, 1.5, 3.0], start=1):
+        state.global_step = step
+        watchdog.on_log(None, state, TrainerControl(), logs={"loss": loss})
+    state.global_step = 4
+    with pytest.raises(TrainingDiverged, match="exploded to 9 \\(from 2\\) at step 4"):
+        watchdog.on_log(None, state, TrainerControl(), logs={"loss": 9.0})

@@ -3,3 +3,5 @@
 
 class TunelabError(Exception):
     """A problem with the user's input (file, row, key, model path) rather than a bug."""
+
+    keeps_run_dir = False  # input errors leave no run directory behind

@@ -98,14 +98,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
 def removed_on_failure(root: Path) -> Iterator[None]:
     """A run directory this command created is removed again if the input turns out bad.
 
-    Only input errors (TunelabError) remove it: an interrupted training keeps its checkpoints.
+    Only input errors (TunelabError) remove it: an interrupted or diverged training keeps its
+    checkpoints.
     """
     from tunelab.errors import TunelabError
 
     existed = root.exists()
     try:
         yield
-    except TunelabError:
-        if not existed and root.exists():
+    except TunelabError as error:
+        if not existed and root.exists() and not error.keeps_run_dir:
             shutil.rmtree(root)
         raise

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tunelab.evaluate.plots import plt
+from tunelab.evaluate.plots import plt, save_figure
 
 if TYPE_CHECKING:
     from tunelab.data.prepare import Prepared
@@ -41,8 +41,7 @@ def plot_clusters(space: np.ndarray, clusters: np.ndarray, picked: np.ndarray, p
     axis.set_xticks([])
     axis.set_yticks([])
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_cluster_sizes(clusters: np.ndarray, picked: np.ndarray, path: Path) -> None:
@@ -57,8 +56,7 @@ def plot_cluster_sizes(clusters: np.ndarray, picked: np.ndarray, path: Path) -> 
     axis.set_ylabel("rows")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_labels(labels: list, picked: np.ndarray, path: Path) -> None:
@@ -74,5 +72,4 @@ def plot_labels(labels: list, picked: np.ndarray, path: Path) -> None:
     axis.set_ylabel("share of rows")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

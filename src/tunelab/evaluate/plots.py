@@ -11,6 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(figure, path: Path) -> None:
+    """Write the PNG under a temporary name and rename it, like every run-directory artifact."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+
+
 def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     validation = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
@@ -24,8 +32,7 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_confusion(gold: list[str], predicted: list[str | None], labels: list[str], path: Path,
@@ -50,5 +57,4 @@ def plot_confusion(gold: list[str], predicted: list[str | None], labels: list[st
     axis.set_ylabel("gold")
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
-from tunelab.evaluate.plots import plt
+from tunelab.evaluate.plots import plt, save_figure
 from tunelab.rundir import RunDir, write_text_atomic
 from tunelab.search.space import with_values
 
@@ -100,8 +100,7 @@ def _plot_metric_vs_lr(rows, metric, path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_heatmap(rows, x_key, y_key, metric, path) -> None:
@@ -124,8 +123,7 @@ def _plot_heatmap(rows, x_key, y_key, metric, path) -> None:
                 axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
     figure.colorbar(image, label=f"validation {metric} (best over other keys)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_curves(study: optuna.Study, metric: str, path) -> None:
@@ -142,5 +140,4 @@ def _plot_curves(study: optuna.Study, metric: str, path) -> None:
     if len(study.trials) <= 16:
         axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

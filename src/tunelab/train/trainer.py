@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback, TrainerState
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
@@ -136,7 +136,9 @@ class TrainingOutcome:
 
 
 class TrainingDiverged(TunelabError):
-    """The loss became NaN or infinite: training cannot recover from there."""
+    """The loss became NaN, infinite or exploded: training cannot recover from there."""
+
+    keeps_run_dir = True  # the checkpoints before the divergence are worth keeping
 
 
 class LossWatchdog(TrainerCallback):
@@ -187,6 +189,9 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     model = build_model(config, source)
     parameters = count_parameters(model)
     effective_batch = train.per_device_batch_size * train.gradient_accumulation_steps * _world_size()
+    if truncated and not quiet:
+        log.warning("%d of %d training rows are longer than train.max_length=%d tokens: their prompts are cut "
+                    "from the start (answers are kept)", truncated, len(train_set), train.max_length)
     log.log(
         logging.DEBUG if quiet else logging.INFO,
         "method=%s trainable=%s/%s effective batch B=%d (b=%d x g=%d x processes=%d) truncated rows=%d",
@@ -218,7 +223,11 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         trainer.state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE_NAME))
         steps, training_loss = trainer.state.global_step, _mean_logged_loss(trainer.state.log_history)
     else:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except TrainingDiverged:
+            _close_progress_bar(trainer)  # so the one-line error starts on a line of its own
+            raise
         steps, training_loss = result.global_step, result.training_loss
     wall = time.perf_counter() - started
     summary = {
@@ -237,6 +246,12 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     }
     save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     return TrainingOutcome(summary, trainer.model, tokenizer)
+
+
+def _close_progress_bar(trainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
 
 
 def _mean_logged_loss(history: list[dict[str, Any]]) -> float:
