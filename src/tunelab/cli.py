@@ -64,6 +64,50 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lib
 
 
 @app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOption = None,
+    output_dir: OutputOption = None,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Re-run this stage and the ones after it: prepare, search, "
+                                 "train or evaluate.")
+    ] = None,
+):
+    """The whole job: prepare → search → train → evaluate, in one run directory.
+
+    Re-run the same command after a crash or a change: stages done with the same inputs are skipped
+    (stages.json records each stage's input hash), a changed setting re-runs its stage and what
+    follows, and an interrupted training continues from its newest complete checkpoint. The search
+    stage runs when `search.space` is set; training then uses the winning values.
+    """
+    from tunelab.pipeline import run_pipeline
+    from tunelab.workflow import load
+
+    try:
+        loaded, run_dir = load(config, set_ or [], output_dir)
+        outputs = run_pipeline(loaded, run_dir, from_stage)
+    except TunelabError as error:
+        _fail(error)
+    _show_run(outputs, run_dir)
+
+
+def _show_run(outputs: dict, run_dir) -> None:
+    import json
+
+    if outputs["skipped"]:
+        console.print(f"skipped (done before with the same inputs): {', '.join(outputs['skipped'])}")
+    report = json.loads((run_dir.data / "prepare_report.json").read_text())
+    console.print(f"data: {report['counts']['rows_read']} rows, split {report['sizes']}, "
+                  f"K={report['clusters']['k']} clusters")
+    if "search" in outputs:
+        console.print(f"search: best {outputs['search']['metric']} {outputs['search']['best_value']:.4f} with "
+                      f"{outputs['search']['best_params']}")
+    metrics = json.loads((run_dir.eval / "metrics.json").read_text())
+    _show_metrics(metrics)
+    console.print(f"model: {run_dir.model}   metrics: {run_dir.eval / 'metrics.json'}")
+
+
+@app.command()
 def prepare(config: ConfigArg, set_: SetOption = None, output_dir: OutputOption = None):
     """Vectorize, de-duplicate, split, cluster (K by G-means) and sample the training data.
 

@@ -1,4 +1,4 @@
-"""Stages wired to the run directory: what `tunelab train` and `tunelab evaluate` do, in order."""
+"""Stages wired to the run directory: what each `tunelab` command does, in order."""
 
 from __future__ import annotations
 
@@ -15,13 +15,18 @@ from tunelab.train.model import resolve_source
 log = logging.getLogger(__name__)
 
 
-def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
-              resume: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Validate everything first (config, data, model path), then write the run and train."""
+def load(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[TunelabConfig, RunDir]:
+    """The validated config (with `--set` and `--output-dir` applied) and its run directory."""
     config = load_config(config_path, overrides)
     if output_dir:
         config.output_dir = str(output_dir)
-    run_dir = RunDir(config.output_dir)
+    return config, RunDir(config.output_dir)
+
+
+def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
+              resume: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validate everything first (config, data, model path), then write the run and train."""
+    config, run_dir = load(config_path, overrides, output_dir)
     resolve_source(config.model)
     if resume:
         if not run_dir.split("train").is_file():
@@ -55,26 +60,24 @@ def _prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
 
 def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:
     """`tunelab prepare`: only the data stage, into RUN_DIR/data."""
-    config = load_config(config_path, overrides)
-    if output_dir:
-        config.output_dir = str(output_dir)
-    run_dir = RunDir(config.output_dir)
+    config, run_dir = load(config_path, overrides, output_dir)
     with removed_on_failure(run_dir.root):
         return run_dir, _prepare(config, run_dir)
 
 
 def search_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> dict[str, Any]:
     """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
+    config, run_dir = load(config_path, overrides, output_dir)
+    with removed_on_failure(run_dir.root):
+        _prepare(config, run_dir)
+        return _search(config, run_dir)
+
+
+def _search(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
     from tunelab.search.results import write_results
     from tunelab.search.study import run_search
 
-    config = load_config(config_path, overrides)
-    if output_dir:
-        config.output_dir = str(output_dir)
-    run_dir = RunDir(config.output_dir)
-    with removed_on_failure(run_dir.root):
-        _prepare(config, run_dir)
-        study = run_search(config, run_dir)
+    study = run_search(config, run_dir)
     return write_results(config, study, run_dir) | {"folder": str(run_dir.search)}
 
 
