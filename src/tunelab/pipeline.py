@@ -68,7 +68,9 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
         _stage(record, "prepare", hashes["prepare"], "prepare" in forced, outputs,
                lambda resume: workflow._prepare(config, run_dir))
 
-    hashes["search"] = digest(hashes["prepare"], config.model, config.train, config.search, config.evaluate)
+    # Search scores generated answers, so the answer budget is one of its inputs.
+    hashes["search"] = digest(hashes["prepare"], config.model, config.train, config.search,
+                              config.evaluate.max_new_tokens)
     if config.search.space:
         _stage(record, "search", hashes["search"], "search" in forced, outputs,
                lambda resume: workflow._search(config, run_dir))

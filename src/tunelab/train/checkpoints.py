@@ -1,4 +1,6 @@
-"""Crash-safe checkpoints: a checkpoint is either complete under its final name or not there at all.
+"""Exact resume: crash-safe checkpoints and a batch order that does not depend on the process history.
+
+A checkpoint is either complete under its final name or not there at all.
 
 transformers writes `checkpoint-N` in place and resumes from the highest number even when a crash
 left it half-written. Here the Trainer writes each checkpoint into a staging folder on the same
@@ -15,8 +17,10 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,39 @@ def _fsync_tree(folder: Path) -> None:
         os.close(descriptor)
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches in an order drawn from (seed, epoch) alone.
+
+    transformers' sampler draws from the global RNG, whose state at an epoch start differs between
+    an uninterrupted run and one resumed mid-epoch: the resumed run would see other batches.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class AtomicCheckpointTrainer(Trainer):
-    """A Trainer whose checkpoints appear atomically (staging folder, fsync, marker, rename)."""
+    """A Trainer that resumes exactly: atomic checkpoints and a reproducible batch order.
+
+    Checkpoints are written to a staging folder, flushed, marked and renamed.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset["length"],
+            self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
         final_root = Path(self._get_output_dir(trial=trial))
