@@ -220,33 +220,82 @@ def evaluate(
     data: Annotated[
         str | None, typer.Option("--data", help="Score this file (same columns as training) instead of test split.")
     ] = None,
+    decoding: Annotated[
+        list[str] | None, typer.Option("--decoding", help="greedy, sampling or beam; repeat to compare strategies.")
+    ] = None,
     set_: SetOption = None,
 ):
-    """Score the base and the tuned model with identical prompts (greedy decoding).
+    """Score the base and the tuned model with identical prompts (greedy decoding by default).
 
     Writes eval/metrics.json ({"base": ..., "tuned": ..., "n_test": ...}), eval/predictions.jsonl
-    and confusion matrices for label tasks.
+    and confusion matrices for label tasks. With several --decoding values the tuned model is scored
+    with each; eval/decoding_comparison.json holds that table and the other files stay as they were.
     """
-    from tunelab.workflow import evaluate_run
+    from tunelab.workflow import compare_decodings, evaluate_run
 
     try:
-        metrics = evaluate_run(run_dir, data, set_ or [])
+        if decoding and len(decoding) > 1:
+            _show_decodings(compare_decodings(run_dir, data, set_ or [], decoding))
+            return
+        overrides = [*(set_ or []), *([f"evaluate.decoding.strategy={decoding[0]}"] if decoding else [])]
+        metrics = evaluate_run(run_dir, data, overrides)
     except TunelabError as error:
         _fail(error)
     _show_metrics(metrics)
 
 
-@app.command("demo-data")
-def demo_data(
-    path: Annotated[Path, typer.Argument(help="CSV to write (columns text, label).")],
-    per_condition: Annotated[int, typer.Option(help="Rows per condition (20 conditions).")] = 30,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
-):
-    """Write the synthetic symptom -> diagnosis demo dataset (synthetic: not for medical use)."""
-    from tunelab.examples.symptoms import write_csv
+def _show_decodings(table_rows: dict) -> None:
+    keys = ["accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1"]
+    table = Table(title="tuned model by decoding strategy")
+    table.add_column("decoding")
+    present = [k for k in keys if k in next(iter(table_rows.values()))]
+    for key in present:
+        table.add_column(key, justify="right")
+    for name, metrics in table_rows.items():
+        table.add_row(name, *[f"{metrics[k]:.4f}" for k in present])
+    Console().print(table)
 
-    write_csv(path, per_condition, seed)
-    console.print(f"wrote {path}")
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained model.")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Ask this (repeatable); "
+                                                     "without it, read questions line by line.")] = None,
+    decoding: Annotated[str | None, typer.Option(help="greedy, sampling or beam.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
+    top_k: Annotated[int | None, typer.Option(help="sampling: top-k")] = None,
+    top_p: Annotated[float | None, typer.Option(help="sampling: nucleus top-p")] = None,
+    num_beams: Annotated[int | None, typer.Option(help="beam search width")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages repetition")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="answer budget in tokens")] = None,
+    show_thinking: Annotated[bool, typer.Option(help="Keep the <think>…</think> block of reasoning models.")] = False,
+    base: Annotated[bool, typer.Option(help="Ask the base model instead of the tuned one.")] = False,
+):
+    """Ask the fine-tuned model, with the run's system prompt and chat template.
+
+    Decoding flags override the run's `evaluate.decoding` settings, e.g.
+    `tunelab generate runs/demo -p "I sneeze and my eyes itch" --decoding beam --num-beams 4`.
+    """
+    import sys
+
+    from tunelab.config import config_from_run_dir
+    from tunelab.evaluate.generate import answers
+    from tunelab.rundir import RunDir
+
+    flags = {"strategy": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+             "num_beams": num_beams, "repetition_penalty": repetition_penalty}
+    overrides = [f"evaluate.decoding.{key}={value}" for key, value in flags.items() if value is not None]
+    overrides += [f"evaluate.max_new_tokens={max_new_tokens}"] if max_new_tokens else []
+    try:
+        config = config_from_run_dir(run_dir, overrides)
+        interactive = not prompt
+        if interactive:
+            console.print("type a question, then Enter (an empty line or Ctrl-D ends)")
+        questions = prompt or iter(lambda: sys.stdin.readline().strip(), "")
+        for question, answer in answers(config, RunDir(run_dir), questions, show_thinking, base):
+            Console().print(answer if interactive else f"[bold]{question}[/]\n{answer}", highlight=False)
+    except TunelabError as error:
+        _fail(error)
 
 
 def _show_metrics(metrics: dict) -> None:

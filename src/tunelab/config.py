@@ -177,8 +177,29 @@ class SearchConfig(Section):
     reduction_factor: int = Field(3, gt=1, description="Halving keeps the best 1/reduction_factor at each rung.")
 
 
+class DecodingConfig(Section):
+    """How answers are generated: greedy (default, reproducible), sampling or beam search."""
+
+    strategy: Literal["greedy", "sampling", "beam"] = "greedy"
+    temperature: float = Field(0.7, gt=0, description="sampling: lower is more deterministic.")
+    top_k: int = Field(50, ge=0, description="sampling: keep the k most likely tokens (0: all).")
+    top_p: float = Field(0.95, gt=0, le=1, description="sampling: nucleus mass kept.")
+    num_beams: int = Field(4, gt=1, description="beam: beams kept.")
+    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeating tokens.")
+    seed: int = Field(0, description="sampling: seed, so a sampled evaluation can be repeated.")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.strategy == "sampling":
+            return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                    "repetition_penalty": self.repetition_penalty}
+        beams = {"num_beams": self.num_beams, "early_stopping": True} if self.strategy == "beam" else {}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                "repetition_penalty": self.repetition_penalty, **beams}
+
+
 class EvaluateConfig(Section):
     max_new_tokens: int = Field(32, gt=0, description="Answer budget; reasoning models need more.")
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     batch_size: int = Field(16, gt=0)
     compare_base: bool = Field(True, description="Also score the untuned base model, same prompts.")
     max_examples: int | None = Field(None, gt=0, description="Score only the first N test rows.")

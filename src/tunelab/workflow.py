@@ -93,3 +93,18 @@ def evaluate_run(run_dir: Path, data_file: str | None, overrides: list[str]) -> 
 
     config = config_from_run_dir(run_dir, overrides)
     return run_evaluation(config, RunDir(run_dir), data_file)
+
+
+def compare_decodings(run_dir: Path, data_file: str | None, overrides: list[str],
+                      strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """The tuned model scored with each decoding strategy on the same examples."""
+    from tunelab.evaluate.runner import run_evaluation
+    from tunelab.rundir import write_json
+
+    table = {}
+    for strategy in strategies:
+        config = config_from_run_dir(run_dir, [*overrides, f"evaluate.decoding.strategy={strategy}",
+                                               "evaluate.compare_base=false"])
+        table[strategy] = run_evaluation(config, RunDir(run_dir), data_file, write=False)["tuned"]
+    write_json(RunDir(run_dir).eval / "decoding_comparison.json", table)
+    return table

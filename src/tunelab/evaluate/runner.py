@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from tunelab.config import TunelabConfig
+from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt
 from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
 from tunelab.data.load import load_rows
@@ -37,8 +37,11 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int,
-                     batch_size: int, label: str) -> list[str]:
-    """Greedy generations for each example's prompt, batched with left padding."""
+                     batch_size: int, label: str, decoding: DecodingConfig | None = None) -> list[str]:
+    """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches."""
+    decoding = decoding or DecodingConfig()
+    if decoding.strategy == "sampling":
+        torch.manual_seed(decoding.seed)
     outputs: list[str] = []
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -49,10 +52,8 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
                 prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
                 inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
                 inputs = inputs.to(_device(model))
-                generated = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-                )
+                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                           **decoding.generate_kwargs())
                 new_tokens = generated[:, inputs["input_ids"].shape[1]:]
                 outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 progress.advance(task, len(batch))
@@ -88,7 +89,7 @@ def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: in
 def score_model(model, tokenizer, examples, labels: list[str] | None, config: TunelabConfig,
                 name: str) -> tuple[dict[str, Any], list[str]]:
     generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                   config.evaluate.batch_size, name)
+                                   config.evaluate.batch_size, name, config.evaluate.decoding)
     answers = [extract_answer(text) for text in generations]
     gold = [answer_text(example) for example in examples]
     metrics: dict[str, Any] = text_metrics(gold, answers)
@@ -133,7 +134,8 @@ def load_eval_examples(config: TunelabConfig, run_dir: RunDir, data_file: str | 
     return read_jsonl(run_dir.split("test"))
 
 
-def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None = None) -> dict[str, Any]:
+def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None = None,
+                   write: bool = True) -> dict[str, Any]:
     """Write eval/metrics.json, eval/predictions.jsonl and confusion matrices; return the metrics."""
     torch.set_num_threads(config.train.num_threads or os.cpu_count() or 1)
     examples = load_eval_examples(config, run_dir, data_file)
@@ -144,13 +146,15 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     tuned, tokenizer, base_context = load_tuned(config, run_dir)
     tuned.eval()
     labels = _known_labels(run_dir, examples) if config.data.label_column else None
-    results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl"}
+    results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl",
+                               "decoding": config.evaluate.decoding.model_dump()}
     generations: dict[str, list[str]] = {}
     results["tuned"], generations["tuned"] = score_model(tuned, tokenizer, examples, labels, config, "tuned")
     if config.evaluate.compare_base:
         with base_context() as base:
             results["base"], generations["base"] = score_model(base, tokenizer, examples, labels, config, "base")
-    _write(run_dir, examples, labels, results, generations)
+    if write:
+        _write(run_dir, examples, labels, results, generations)
     return results
 
 
@@ -203,7 +207,7 @@ def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: lis
         if metric == "loss":
             return answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)["loss"]
         generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                       config.evaluate.batch_size, "validation")
+                                       config.evaluate.batch_size, "validation", config.evaluate.decoding)
         gold = [answer_text(e) for e in examples]
         predicted = [match_label(extract_answer(text), labels) for text in generations]
         return label_metrics(gold, predicted, labels)[metric]
