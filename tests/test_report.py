@@ -5,8 +5,8 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import make_label_rows, write_config, write_csv
 
+from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
 from tunelab.pipeline import run_pipeline
 from tunelab.rundir import RunDir
