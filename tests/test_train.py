@@ -1,6 +1,7 @@
 """Each training method learns on the tiny Qwen2, and what it saves reloads with plain libraries."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -89,3 +90,23 @@ def test_watchdog_catches_an_exploding_loss():
     state.global_step = 4
     with pytest.raises(TrainingDiverged, match="exploded to 9 \\(from 2\\) at step 4"):
         watchdog.on_log(None, state, TrainerControl(), logs={"loss": 9.0})
+
+
+def test_train_runs_unchanged_under_accelerate_launch_with_two_cpu_processes(tmp_path, label_csv, tiny_model_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir, train={"max_steps": 4})
+    accelerate = Path(sys.executable).parent / "accelerate"
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunelab", "train", str(config)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 1/2: trained 4 steps" in done.stderr and "process 2/2: trained 4 steps" in done.stderr
+    model = tmp_path / "run" / "model"
+    assert (model / "adapter_model.safetensors").is_file()
+    summary = json.loads((model / "training_summary.json").read_text())
+    assert summary["process"] == "1/2" and summary["effective_batch_size"] == 16

@@ -219,8 +219,9 @@ def train(
         summary, metrics = train_run(config, set_ or [], output_dir, resume)
     except TunelabError as error:
         _fail(error)
+    process = f"process {summary['process']}: " if not summary["process"].endswith("/1") else ""
     console.print(
-        f"trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
+        f"{process}trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
         f"(effective batch {summary['effective_batch_size']}, final train loss {summary['train_loss']:.4f})"
     )
     if metrics:

@@ -32,14 +32,18 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
         if not run_dir.split("train").is_file():
             raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
         config = _same_config_as_run(config, run_dir)
+    from accelerate import PartialState
+
     from tunelab.train.trainer import run_training
 
+    processes = PartialState()  # one process unless started by `accelerate launch` / torchrun
     with removed_on_failure(run_dir.root):
         if not resume:
-            _prepare(config, run_dir)
+            with processes.main_process_first():  # the others then find data/ prepared and skip it
+                _prepare(config, run_dir)
         summary = run_training(config, run_dir, resume=resume).summary
     metrics = None
-    if config.train.evaluate_after:
+    if config.train.evaluate_after and processes.is_main_process:
         from tunelab.evaluate.runner import run_evaluation
 
         metrics = run_evaluation(config, run_dir)

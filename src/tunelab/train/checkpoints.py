@@ -77,27 +77,33 @@ class AtomicCheckpointTrainer(Trainer):
         )
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Every process writes its part into the staging folder; the main process publishes it."""
         final_root = Path(self._get_output_dir(trial=trial))
         staging_root = final_root / STAGING
-        shutil.rmtree(staging_root, ignore_errors=True)
-        staging_root.mkdir(parents=True)
+        main = self.args.should_save
+        if main:
+            shutil.rmtree(staging_root, ignore_errors=True)
+            staging_root.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
         self.args.output_dir, real_output_dir = str(staging_root), self.args.output_dir
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = real_output_dir
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staged = staging_root / name
-        (staged / COMPLETE_MARKER).write_text(f"step {self.state.global_step}\n")
-        _fsync_tree(staged)
-        target = final_root / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staged, target)
-        shutil.rmtree(staging_root, ignore_errors=True)
-        if self.args.should_save:
+        self.accelerator.wait_for_everyone()
+        if main:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            staged = staging_root / name
+            (staged / COMPLETE_MARKER).write_text(f"step {self.state.global_step}\n")
+            _fsync_tree(staged)
+            target = final_root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staged, target)
+            shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:

@@ -243,8 +243,11 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         "supervised_tokens": sum(sum(1 for t in labels if t != -100) for labels in train_set["labels"]),
         "resumed_from": str(resume_from) if resume_from else None,
         "run_dir": str(run_dir.root),
+        "process": f"{trainer.args.process_index + 1}/{trainer.args.world_size}",
     }
-    save_model(trainer.model, tokenizer, run_dir, summary, log_path)
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, run_dir, summary, log_path)
+    trainer.accelerator.wait_for_everyone()
     return TrainingOutcome(summary, trainer.model, tokenizer)
 
 
