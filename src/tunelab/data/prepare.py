@@ -44,11 +44,20 @@ class Prepared:
 def input_hash(config: TunelabConfig) -> str:
     """What the prepared files depend on: data and prepare settings, seed, and the data files."""
     files = [config.data.source, config.data.test_file]
-    stamps = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if f and Path(f).is_file()]
+    stamps = [(f, _content_digest(Path(f))) for f in files if f and Path(f).is_file()]
     payload = [config.data.model_dump(), config.prepare.model_dump(), config.seed, stamps]
     if config.prepare.vectorizer == "base-model":
         payload.append(config.model.name_or_path)
     return hashlib.sha1(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+
+def _content_digest(path: Path) -> str:
+    """By content, not modification time: a data file written again with the same rows is the same input."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_prepared(config: TunelabConfig, run_dir: RunDir) -> bool:
