@@ -10,11 +10,11 @@ the studies' own records (training tokens = non-padding tokens the trainer consu
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
+from common import parser_with_csv
 from optuna.trial import TrialState
 
 from tunelab.config import TunelabConfig
@@ -45,9 +45,7 @@ def settings(csv: str, sample: float, strategy: str, folder: Path) -> TunelabCon
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-                                             / "symptom2disease.csv"))
+    parser = parser_with_csv(__doc__)
     parser.add_argument("--sample", type=float, default=0.1)
     args = parser.parse_args()
     results = {}

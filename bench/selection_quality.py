@@ -12,11 +12,10 @@ representativeness numbers.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
 import numpy as np
+from common import parser_with_csv
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -44,9 +43,7 @@ def stratified_indices(labels: list[str], budget: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-                                             / "symptom2disease.csv"))
+    parser = parser_with_csv(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     config = TunelabConfig(data={"source": args.csv, "input_column": "text", "label_column": "label"})
