@@ -95,6 +95,20 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
 
 @contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (processes of one distributed run prepare data in turn)."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def removed_on_failure(root: Path) -> Iterator[None]:
     """A run directory this command created is removed again if the input turns out bad.
 

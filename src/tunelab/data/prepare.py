@@ -25,7 +25,7 @@ from tunelab.data.sample import kmeans_sample, random_sample, sample_size
 from tunelab.data.split import drop_exact_duplicates, label_counts, stratified_split
 from tunelab.data.vectorize import vectorize
 from tunelab.errors import TunelabError
-from tunelab.rundir import RunDir, staged_directory, write_json, write_jsonl
+from tunelab.rundir import RunDir, exclusive, staged_directory, write_json, write_jsonl
 
 SPLITS = ("train", "validation", "test")
 
@@ -194,7 +194,11 @@ def write_prepared(prepared: Prepared, run_dir: RunDir) -> None:
 
 
 def prepare_stage(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
-    """Run prepare unless data/ already holds its output for these inputs; return the report."""
-    if not is_prepared(config, run_dir):
-        write_prepared(build_splits(config, run_dir.root / "cache"), run_dir)
-    return json.loads((run_dir.data / "prepare_report.json").read_text())
+    """Run prepare unless data/ already holds its output for these inputs; return the report.
+
+    Under a lock, so the processes of a distributed launch prepare once and the others reuse it.
+    """
+    with exclusive(run_dir.root / ".prepare.lock"):
+        if not is_prepared(config, run_dir):
+            write_prepared(build_splits(config, run_dir.root / "cache"), run_dir)
+        return json.loads((run_dir.data / "prepare_report.json").read_text())
