@@ -79,3 +79,12 @@ def test_prepare_command_writes_the_data_stage(tmp_path, tiny_model_dir):
     report = json.loads((data / "prepare_report.json").read_text())
     assert report["sizes"]["train"] == len((data / "train.jsonl").read_text().splitlines())
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_demo_data_is_synthetic_labelled_and_reproducible(tmp_path):
+    for name in ("a.csv", "b.csv"):
+        result = run_cli("demo-data", str(tmp_path / name), "--per-condition", "5")
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    rows = (tmp_path / "a.csv").read_text().splitlines()
+    assert rows[0] == "text,label" and len(rows) == 1 + 20 * 5

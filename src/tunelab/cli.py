@@ -314,6 +314,19 @@ def generate(
         _fail(error)
 
 
+@app.command("demo-data")
+def demo_data(
+    path: Annotated[Path, typer.Argument(help="CSV to write (columns text, label).")],
+    per_condition: Annotated[int, typer.Option(help="Rows per condition (20 conditions).")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+):
+    """Write the synthetic symptom -> diagnosis demo dataset (synthetic: not for medical use)."""
+    from tunelab.examples.symptoms import write_csv
+
+    write_csv(path, per_condition, seed)
+    console.print(f"wrote {path}")
+
+
 def _show_metrics(metrics: dict) -> None:
     names = [name for name in ("base", "tuned") if name in metrics]
     keys = ["accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity"]
