@@ -34,12 +34,19 @@ def test_second_run_skips_every_stage_and_a_change_reruns_what_follows(tmp_path,
     first = run(config, tmp_path / "run")
     assert {s["status"] for s in stages(tmp_path / "run").values()} == {"complete"}
     assert "test metrics" in first.stdout and "search: best loss" in first.stderr
+    assert "dry run: nothing uploaded" in first.stderr
+    published = {p.name for p in (tmp_path / "run" / "publish").iterdir()}
+    assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "metrics.json", "loss.png"} <= published
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in published)
+    card = (tmp_path / "run" / "publish" / "README.md").read_text()
+    tuned = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["tuned"]
+    assert "| loss | " in card and f"{tuned['loss']:.4f}" in card and "trials scored on the validation split" in card
     weights = tmp_path / "run" / "model" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
 
     started = time.perf_counter()
     second = run(config, tmp_path / "run")
-    assert "skipped (done before with the same inputs): prepare, search, train, evaluate" in second.stderr
+    assert "skipped (done before with the same inputs): prepare, search, train, evaluate, publish" in second.stderr
     assert time.perf_counter() - started < 30 and weights.stat().st_mtime_ns == written
 
     third = run(config, tmp_path / "run", "--set", "evaluate.compare_base=false")

@@ -70,10 +70,10 @@ def run(
     output_dir: OutputOption = None,
     from_stage: Annotated[
         str | None, typer.Option("--from", help="Re-run this stage and the ones after it: prepare, search, "
-                                 "train or evaluate.")
+                                 "train, evaluate or publish.")
     ] = None,
 ):
-    """The whole job: prepare → search → train → evaluate, in one run directory.
+    """The whole job: prepare → search → train → evaluate → publish, in one run directory.
 
     Re-run the same command after a crash or a change: stages done with the same inputs are skipped
     (stages.json records each stage's input hash), a changed setting re-runs its stage and what
@@ -89,6 +89,37 @@ def run(
     except TunelabError as error:
         _fail(error)
     _show_run(outputs, run_dir)
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
+    repo_id: Annotated[str | None, typer.Option(help="OWNER/NAME on the Hub (HF_ENDPOINT for another server).")] = None,
+    private: Annotated[bool | None, typer.Option(help="Create the repository private (default) or public.")] = None,
+    merged: Annotated[bool | None, typer.Option(help="Upload merged full weights instead of the adapter.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only build RUN_DIR/publish/ and list it.")] = False,
+):
+    """Write the model card and the upload folder (RUN_DIR/publish/), then push it to the Hub.
+
+    The card holds the real test metrics, the training config, the search winner and the data
+    preparation. The token comes from HF_TOKEN or `huggingface-cli login` and is never written.
+    """
+    from tunelab.config import config_from_run_dir
+    from tunelab.publish import publish as publish_run
+    from tunelab.rundir import RunDir
+
+    flags = {"repo_id": repo_id, "private": private, "merged": merged, "dry_run": dry_run or None}
+    overrides = [f"publish.{key}={value}" for key, value in flags.items() if value is not None]
+    try:
+        result = publish_run(config_from_run_dir(run_dir, overrides), RunDir(run_dir))
+    except TunelabError as error:
+        _fail(error)
+    _show_publish(result)
+
+
+def _show_publish(result: dict) -> None:
+    what = "dry run: nothing uploaded" if result["dry_run"] else f"pushed to {result['url']}"
+    console.print(f"{what}; folder {result['folder']} ({len(result['files'])} files: {', '.join(result['files'])})")
 
 
 @app.command()
@@ -109,7 +140,7 @@ def _show_run(outputs: dict, run_dir) -> None:
     import json
 
     if outputs["skipped"]:
-        console.print(f"skipped (done before with the same inputs): {', '.join(outputs['skipped'])}")
+        console.print(f"skipped (done before with the same inputs): {', '.join(outputs['skipped'])}", soft_wrap=True)
     report = json.loads((run_dir.data / "prepare_report.json").read_text())
     console.print(f"data: {report['counts']['rows_read']} rows, split {report['sizes']}, "
                   f"K={report['clusters']['k']} clusters")
@@ -118,6 +149,8 @@ def _show_run(outputs: dict, run_dir) -> None:
                       f"{outputs['search']['best_params']}")
     metrics = json.loads((run_dir.eval / "metrics.json").read_text())
     _show_metrics(metrics)
+    if "publish" in outputs:
+        _show_publish(outputs["publish"])
     console.print(f"model: {run_dir.model}   metrics: {run_dir.eval / 'metrics.json'}   "
                   f"report: {run_dir.root / 'report.html'}")
 

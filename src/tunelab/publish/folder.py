@@ -1,0 +1,59 @@
+"""What gets uploaded: weights (adapter, or merged full weights), tokenizer, card, metrics, plots.
+
+Safetensors only: never training_args.bin, optimizer or RNG state. The folder is built in the run
+directory (publish/), so a dry run shows exactly what a push would upload.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tunelab.config import TunelabConfig
+from tunelab.publish.card import model_card
+from tunelab.rundir import RunDir, staged_directory
+
+MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
+               "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
+TOKENIZER_FILES = MODEL_FILES[5:]
+
+
+def _pictures(run_dir: RunDir) -> list[Path]:
+    candidates = [run_dir.model / "loss.png", *sorted(run_dir.eval.glob("confusion_*.png")),
+                  run_dir.data / "clusters.png", run_dir.search / "metric_vs_lr.png"]
+    return [path for path in candidates if path.is_file()]
+
+
+def _merged_weights(config: TunelabConfig, run_dir: RunDir, folder: Path) -> None:
+    """LoRA folded into a full-precision copy of the base (never into a 4-bit one)."""
+    import torch
+    from peft import PeftModel
+
+    from tunelab.train.model import load_model, materialize
+
+    base = load_model(materialize(config.model), config.model.model_copy(update={"dtype": "float32"}))
+    merged = PeftModel.from_pretrained(base, str(run_dir.model)).merge_and_unload()
+    merged.to(torch.float32).save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (run_dir.model / name).is_file():
+            shutil.copy2(run_dir.model / name, folder / name)
+
+
+def build_folder(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: bool,
+                 license_id: str | None) -> Path:
+    target = run_dir.root / "publish"
+    with staged_directory(target) as folder:
+        if merged and config.train.method != "full":
+            _merged_weights(config, run_dir, folder)
+        else:
+            for name in MODEL_FILES:
+                if (run_dir.model / name).is_file():
+                    shutil.copy2(run_dir.model / name, folder / name)
+        if (run_dir.eval / "metrics.json").is_file():
+            shutil.copy2(run_dir.eval / "metrics.json", folder / "metrics.json")
+        pictures = _pictures(run_dir)
+        for picture in pictures:
+            shutil.copy2(picture, folder / picture.name)
+        model_card(config, run_dir, repo_id, merged, license_id, [p.name for p in pictures]).save(folder / "README.md")
+    return target
