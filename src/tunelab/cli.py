@@ -294,7 +294,8 @@ def evaluate(
 
 
 def _show_decodings(table_rows: dict) -> None:
-    keys = ["accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1"]
+    from tunelab.evaluate.scoring import GENERATION_METRICS as keys
+
     table = Table(title="tuned model by decoding strategy")
     table.add_column("decoding")
     present = [k for k in keys if k in next(iter(table_rows.values()))]
@@ -362,7 +363,8 @@ def demo_data(
 
 def _show_metrics(metrics: dict) -> None:
     names = [name for name in ("base", "tuned") if name in metrics]
-    keys = ["accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity"]
+    from tunelab.evaluate.scoring import REPORTED_METRICS as keys
+
     table = Table(title=f"test metrics (n={metrics['n_test']})")
     table.add_column("metric")
     for name in names:

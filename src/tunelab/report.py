@@ -8,13 +8,14 @@ check that the page renders.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.evaluate.scoring import REPORTED_METRICS
 from tunelab.rundir import RunDir, read_jsonl, write_text_atomic
+from tunelab.search import read_trials
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}
@@ -87,12 +88,10 @@ def _prepare(run: RunDir) -> str:
 
 
 def _search(run: RunDir) -> str:
-    path = run.search / "trials.csv"
-    if not path.is_file():
+    rows = read_trials(run)
+    if not rows:
         return ""
-    with open(path, encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    header = list(rows[0]) if rows else []
+    header = list(rows[0])
     body = f"<p>{len(rows)} trials, best first (scored on the validation split).</p>"
     body += _table(header, [[row[h] for h in header] for row in rows[:20]])
     names = ("metric_vs_lr.png", "grid_heatmap.png", "validation_curves.png")
@@ -118,8 +117,7 @@ def _evaluation(run: RunDir, examples: int) -> str:
         return ""
     metrics = json.loads(path.read_text())
     names = [n for n in ("base", "tuned") if n in metrics]
-    keys = [k for k in ("accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity")
-            if k in metrics[names[-1]]]
+    keys = [k for k in REPORTED_METRICS if k in metrics[names[-1]]]
     strategy = metrics.get("decoding", {}).get("strategy", "greedy")
     body = f"<p>{metrics['n_test']} test examples, identical prompts for every model, {strategy} decoding.</p>"
     body += _table(["metric", *names], [[k, *[metrics[n][k] for n in names]] for k in keys])

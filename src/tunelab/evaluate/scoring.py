@@ -10,6 +10,10 @@ from typing import Any
 from tunelab.data.chat import strip_thinking
 
 _SPACE = re.compile(r"\s+")
+
+# The headline numbers, in the order tables show them; the last two come from teacher forcing.
+GENERATION_METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1")
+REPORTED_METRICS = (*GENERATION_METRICS, "loss", "perplexity")
 _EDGE_PUNCTUATION = string.punctuation + " \n\t"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tunelab.config import TunelabConfig
+from tunelab.evaluate.scoring import REPORTED_METRICS
 from tunelab.rundir import RunDir
-
-METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1", "loss", "perplexity")
+from tunelab.search import read_trials
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -49,16 +48,14 @@ def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, lice
 def _metrics_table(metrics: dict[str, Any]) -> str:
     names = [n for n in ("base", "tuned") if n in metrics]
     rows = [f"| {key} | " + " | ".join(f"{metrics[n][key]:.4f}" for n in names) + " |"
-            for key in METRICS if key in metrics.get("tuned", {})]
+            for key in REPORTED_METRICS if key in metrics.get("tuned", {})]
     return "\n".join([f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|", *rows])
 
 
 def _search_summary(run_dir: RunDir) -> str:
-    path = run_dir.search / "trials.csv"
-    if not path.is_file():
+    rows = read_trials(run_dir)
+    if not rows:
         return "No hyperparameter search was run; the values above were set by hand."
-    with open(path, encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     header = [h for h in rows[0] if h != "note"]
     lines = [f"{len(rows)} trials scored on the validation split (best first):", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
