@@ -93,6 +93,8 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(setup, tmp_path, p
         assert "resuming from checkpoint-" in errors
     if point == "inside a checkpoint save":
         assert "ignoring checkpoint-" in errors and "stopped while saving" in errors
+    logged_steps = [r["step"] for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
+    assert logged_steps == sorted(set(logged_steps)), "a resumed run logs each step once"
     resumed = load_file(run / "model" / "adapter_model.safetensors")
     for key, tensor in load_file(reference / "model" / "adapter_model.safetensors").items():
         torch.testing.assert_close(resumed[key], tensor, atol=1e-6, rtol=1e-5)

@@ -24,7 +24,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback, Tra
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
-from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
+from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
 from tunelab.train.checkpoints import AtomicCheckpointTrainer, finished_checkpoint, latest_complete_checkpoint
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
@@ -217,6 +217,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     resume_from = latest_complete_checkpoint(run_dir.checkpoints) if resume else None
     if resume_from:
         log.info("resuming from %s", resume_from.name)
+    if resume:
+        _forget_logs_after(log_path, int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0)
     if resume_from and finished_checkpoint(resume_from):
         # transformers would run one step past max_steps when resuming from the last checkpoint.
         trainer._load_from_checkpoint(str(resume_from))
@@ -249,6 +251,12 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     trainer.accelerator.wait_for_everyone()
     return TrainingOutcome(summary, trainer.model, tokenizer)
+
+
+def _forget_logs_after(log_path: Path, step: int) -> None:
+    """Log records of the steps the resumed run will train again would otherwise appear twice."""
+    if log_path.exists():
+        write_jsonl(log_path, [record for record in read_jsonl(log_path) if record["step"] <= step])
 
 
 def _close_progress_bar(trainer) -> None:
