@@ -18,9 +18,11 @@ from tunelab.errors import TunelabError
 app = typer.Typer(
     help=(
         "Fine-tune a small causal LM on your dataset and measure it honestly.\n\n"
-        "Typical use: write a YAML config (see examples/), then `tunelab train CONFIG`; it splits the "
-        "data into train/test without leakage, trains (full, LoRA or QLoRA), and scores the base and "
-        "the tuned model on the untouched test split."
+        "Typical use: write a YAML config (see examples/), then `tunelab run CONFIG`: it prepares the data "
+        "(duplicates out, clusters, a representative sample, a leakage-free split), searches the training "
+        "settings on the validation split, trains (full, LoRA or QLoRA), scores the base and the tuned "
+        "model on the untouched test split, builds the model card and writes report.html. Each stage also "
+        "has its own command."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
