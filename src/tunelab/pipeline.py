@@ -123,11 +123,9 @@ def _publish(trained: TunelabConfig, config: TunelabConfig, run_dir: RunDir) -> 
 
 def _train(config: TunelabConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     from tunelab.config import save_config
-    from tunelab.train.checkpoints import latest_complete_checkpoint
     from tunelab.train.trainer import run_training
 
-    save_config(config, run_dir.config)
-    resume = resume and latest_complete_checkpoint(run_dir.checkpoints) is not None
+    save_config(config, run_dir.config)  # resuming without a complete checkpoint trains from the start
     return run_training(config, run_dir, resume=resume).summary
 
 

@@ -74,8 +74,9 @@ class Objective:
     def __init__(self, config: TunelabConfig, run_dir: RunDir, metric: str):
         self.config, self.run_dir, self.metric = config, run_dir, metric
         self.validation = read_jsonl(run_dir.split("validation"))
-        self.train_rows = len(read_jsonl(run_dir.split("train")))
-        labels = {e["label"] for e in read_jsonl(run_dir.split("train")) + self.validation if "label" in e}
+        train = read_jsonl(run_dir.split("train"))
+        self.train_rows = len(train)
+        labels = {e["label"] for e in train + self.validation if "label" in e}
         self.labels = sorted(labels) or None
         self.tokenizer = _tokenizer_for(config)
 
@@ -219,9 +220,10 @@ def _grid_left(study: optuna.Study, grid: list[dict[str, Any]]) -> int:
 def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     """Run (or resume, or join) the study until the grid or the trial budget is used up."""
     validate_space(config)
-    if not read_jsonl(run_dir.split("validation")):
+    validation = read_jsonl(run_dir.split("validation"))
+    if not validation:
         raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1)")
-    has_labels = any("label" in e for e in read_jsonl(run_dir.split("validation"))[:1])
+    has_labels = "label" in validation[0]
     metric = resolve_metric(config.search.metric, has_labels)
     study = open_study(config, run_dir, metric)
     study.set_user_attr("metric", metric)

