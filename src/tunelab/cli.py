@@ -150,7 +150,7 @@ def _show_run(outputs: dict, run_dir) -> None:
         console.print(f"search: best {outputs['search']['metric']} {outputs['search']['best_value']:.4f} with "
                       f"{outputs['search']['best_params']}")
     metrics = json.loads((run_dir.eval / "metrics.json").read_text())
-    _show_metrics(metrics)
+    _show_metrics(metrics, run_dir.root)
     if "publish" in outputs:
         _show_publish(outputs["publish"])
     console.print(f"model: {run_dir.model}   metrics: {run_dir.eval / 'metrics.json'}   "
@@ -259,9 +259,9 @@ def train(
         f"{process}trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
         f"(effective batch {summary['effective_batch_size']}, final train loss {summary['train_loss']:.4f})"
     )
-    if metrics:
-        _show_metrics(metrics)
     run = summary["run_dir"]
+    if metrics:
+        _show_metrics(metrics, Path(run))
     console.print(f"model: {run}/model   metrics: {run}/eval/metrics.json   predictions: {run}/eval/predictions.jsonl")
 
 
@@ -292,7 +292,7 @@ def evaluate(
         metrics = evaluate_run(run_dir, data, overrides)
     except TunelabError as error:
         _fail(error)
-    _show_metrics(metrics)
+    _show_metrics(metrics, run_dir)
 
 
 def _show_decodings(table_rows: dict) -> None:
@@ -363,10 +363,14 @@ def demo_data(
     console.print(f"wrote {path}")
 
 
-def _show_metrics(metrics: dict) -> None:
-    names = [name for name in ("base", "tuned") if name in metrics]
+def _show_metrics(metrics: dict, run_dir: Path) -> None:
+    """The base-vs-tuned table, then the first `evaluate.num_examples_shown` predictions."""
+    from tunelab.config import config_from_run_dir
+    from tunelab.evaluate.runner import example_rows
     from tunelab.evaluate.scoring import REPORTED_METRICS as keys
+    from tunelab.rundir import RunDir
 
+    names = [name for name in ("base", "tuned") if name in metrics]
     table = Table(title=f"test metrics (n={metrics['n_test']})")
     table.add_column("metric")
     for name in names:
@@ -375,3 +379,11 @@ def _show_metrics(metrics: dict) -> None:
         if key in metrics[names[-1]]:
             table.add_row(key, *[f"{metrics[name][key]:.4f}" for name in names])
     Console().print(table)
+    rows = example_rows(RunDir(run_dir), config_from_run_dir(run_dir).evaluate.num_examples_shown)
+    if rows:
+        examples = Table(title="example predictions")
+        for column in ("input", "gold", *[f"{name} answer" for name in names]):
+            examples.add_column(column, overflow="ellipsis", no_wrap=True, max_width=34 if column == "input" else 20)
+        for row in rows:
+            examples.add_row(row["input"], row["gold"], *[row.get(f"{name}_answer", "") for name in names])
+        Console().print(examples)
