@@ -100,17 +100,21 @@ def publish(
     private: Annotated[bool | None, typer.Option(help="Create the repository private (default) or public.")] = None,
     merged: Annotated[bool | None, typer.Option(help="Upload merged full weights instead of the adapter.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Only build RUN_DIR/publish/ and list it.")] = False,
+    verify: Annotated[bool | None, typer.Option(help="After the push, download the repo and check it answers "
+                                                     "test prompts like the local model (default on).")] = None,
 ):
     """Write the model card and the upload folder (RUN_DIR/publish/), then push it to the Hub.
 
     The card holds the real test metrics, the training config, the search winner and the data
-    preparation. The token comes from HF_TOKEN or `huggingface-cli login` and is never written.
+    preparation. The token comes from HF_TOKEN or `hf auth login` and is never written; HF_ENDPOINT
+    selects another Hub-compatible server. After the push the repo is downloaded back, loaded with
+    plain transformers/peft and asked a few test prompts, which must be answered like the local model.
     """
     from tunelab.config import config_from_run_dir
     from tunelab.publish import publish as publish_run
     from tunelab.rundir import RunDir
 
-    flags = {"repo_id": repo_id, "private": private, "merged": merged, "dry_run": dry_run or None}
+    flags = {"repo_id": repo_id, "private": private, "merged": merged, "dry_run": dry_run or None, "verify": verify}
     overrides = [f"publish.{key}={value}" for key, value in flags.items() if value is not None]
     try:
         result = publish_run(config_from_run_dir(run_dir, overrides), RunDir(run_dir))
@@ -120,8 +124,14 @@ def publish(
 
 
 def _show_publish(result: dict) -> None:
-    what = "dry run: nothing uploaded" if result["dry_run"] else f"pushed to {result['url']}"
-    console.print(f"{what}; folder {result['folder']} ({len(result['files'])} files: {', '.join(result['files'])})")
+    pushed = f"pushed to {result.get('url')} (commit {result.get('commit')})"
+    what = "dry run: nothing uploaded" if result["dry_run"] else pushed
+    console.print(f"{what}; folder {result['folder']} ({len(result['files'])} files: {', '.join(result['files'])})",
+                  soft_wrap=True)
+    if "verified" in result:
+        checked = result["verified"]
+        console.print(f"verified: downloaded {checked['files']} identical files, {checked['prompts']} test prompts "
+                      f"answered as locally; {result['url']}", soft_wrap=True)
 
 
 @app.command()

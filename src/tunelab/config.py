@@ -214,6 +214,9 @@ class PublishConfig(Section):
     merged: bool = Field(False, description="Upload full weights with the LoRA merged in, not the adapter.")
     dry_run: bool = Field(False, description="Build publish/ and list it, upload nothing.")
     license: str | None = Field(None, description="License id for the card, e.g. apache-2.0 (check the base's).")
+    verify: bool = Field(True, description="After the push, download the repo and check that it answers like "
+                                           "the local model.")
+    verify_prompts: int = Field(3, ge=1, description="Test prompts compared in that check.")
 
 
 class TunelabConfig(Section):

@@ -1,4 +1,4 @@
-"""Publish stage: model card, upload folder, push to a Hugging Face Hub-compatible endpoint."""
+"""Publish stage: model card, upload folder, push to a Hugging Face Hub-compatible endpoint, verify."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tunelab.rundir import RunDir
 
 
 def publish(config: TunelabConfig, run_dir: RunDir) -> dict:
-    """Build publish/ (always) and push it unless this is a dry run; return what was done."""
+    """Build publish/ (always); push it and check the download unless this is a dry run."""
     from tunelab.publish.folder import build_folder
 
     settings = config.publish
@@ -17,9 +17,15 @@ def publish(config: TunelabConfig, run_dir: RunDir) -> dict:
     repo_id = settings.repo_id or f"local/{Path(config.output_dir).name}"
     folder = build_folder(config, run_dir, repo_id, settings.merged, settings.license)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    result = {"dry_run": dry_run, "folder": str(folder), "files": files, "repo_id": repo_id}
     if dry_run:
-        return {"dry_run": True, "folder": str(folder), "files": files, "repo_id": repo_id}
+        return result
     from tunelab.publish.push import push_folder
 
-    return {"dry_run": False, "folder": str(folder), "files": files, "repo_id": repo_id,
-            "url": push_folder(folder, repo_id, settings.private)}
+    pushed = push_folder(folder, repo_id, settings.private)
+    result |= {"url": pushed.url, "commit": pushed.commit}
+    if settings.verify:
+        from tunelab.publish.verify import verify_push
+
+        result["verified"] = verify_push(config, run_dir, folder, repo_id, pushed.commit)
+    return result

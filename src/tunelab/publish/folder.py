@@ -6,11 +6,12 @@ directory (publish/), so a dry run shows exactly what a push would upload.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from tunelab.config import TunelabConfig
-from tunelab.publish.card import model_card
+from tunelab.publish.card import base_model_id, model_card
 from tunelab.rundir import RunDir, staged_directory
 
 MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
@@ -40,6 +41,16 @@ def _merged_weights(config: TunelabConfig, run_dir: RunDir, folder: Path) -> Non
             shutil.copy2(run_dir.model / name, folder / name)
 
 
+def _point_adapter_at_base(config: TunelabConfig, folder: Path) -> None:
+    """The adapter names the base by its Hub id (not this machine's cache path), so
+    `AutoPeftModelForCausalLM.from_pretrained(repo)` works for whoever downloads it."""
+    path = folder / "adapter_config.json"
+    if path.is_file():
+        adapter = json.loads(path.read_text())
+        adapter["base_model_name_or_path"] = base_model_id(config)
+        path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+
+
 def build_folder(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: bool,
                  license_id: str | None) -> Path:
     target = run_dir.root / "publish"
@@ -50,6 +61,7 @@ def build_folder(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: b
             for name in MODEL_FILES:
                 if (run_dir.model / name).is_file():
                     shutil.copy2(run_dir.model / name, folder / name)
+            _point_adapter_at_base(config, folder)
         if (run_dir.eval / "metrics.json").is_file():
             shutil.copy2(run_dir.eval / "metrics.json", folder / "metrics.json")
         pictures = _pictures(run_dir)

@@ -1,7 +1,9 @@
 """Push the publish/ folder to the Hugging Face Hub or any Hub-compatible endpoint (HF_ENDPOINT).
 
-The token comes from HF_TOKEN or the saved login and is never written or logged. Transient
-failures (429, 5xx, timeouts) are retried with backoff; auth and repo-id problems are one line.
+The token comes from HF_TOKEN or the saved login and is never written or logged. It is checked
+first (whoami), so a wrong token is one line before anything is uploaded. Transient failures (429,
+5xx, timeouts, dropped connections) are retried with backoff; a retry re-sends only what the
+server does not have yet (LFS objects already uploaded are skipped by the client).
 """
 
 from __future__ import annotations
@@ -10,12 +12,20 @@ import itertools
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 
 log = logging.getLogger(__name__)
 RETRIES = 4
+TRANSIENT = (429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    url: str
+    commit: str
 
 
 def _status(error: Exception) -> int | None:
@@ -23,29 +33,39 @@ def _status(error: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def push_folder(folder: Path, repo_id: str, private: bool) -> str:
+def _auth_error(repo_id: str, status: int | None) -> TunelabError:
+    return TunelabError(f"the Hub refused the token for {repo_id} (HTTP {status}): set HF_TOKEN to a token "
+                        "with write access, or run `hf auth login`")
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> Pushed:
+    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=os.environ.get("HF_TOKEN"))
     for attempt in itertools.count():
         try:
+            api.whoami()
             url = api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from tunelab")
-            return str(url)
+            commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                                       commit_message="Upload from tunelab")
+            return Pushed(url=str(url), commit=commit.oid)
         except HFValidationError as error:
             reason = str(error).splitlines()[0]
             raise TunelabError(f"--repo-id {repo_id}: not a valid repository id ({reason})") from None
         except HfHubHTTPError as error:
             status = _status(error)
             if status in (401, 403):
-                raise TunelabError(f"the Hub refused the token for {repo_id} (HTTP {status}): set HF_TOKEN "
-                                   "to a token with write access") from None
-            if status not in (429, 500, 502, 503, 504) or attempt == RETRIES:
-                raise TunelabError(f"push to {repo_id} failed (HTTP {status})") from None
-        except (TimeoutError, ConnectionError) as error:
+                raise _auth_error(repo_id, status) from None
+            if status not in TRANSIENT or attempt == RETRIES:
+                raise TunelabError(f"push to {repo_id} failed (HTTP {status}): {str(error).splitlines()[0]}") from None
+            reason = f"HTTP {status}"
+        except (httpx2.TransportError, TimeoutError, ConnectionError) as error:
             if attempt == RETRIES:
                 raise TunelabError(f"push to {repo_id} failed: {type(error).__name__}") from None
+            reason = type(error).__name__
         wait = 2**attempt
-        log.warning("push to %s failed, retrying in %d s (attempt %d of %d)", repo_id, wait, attempt + 1, RETRIES)
+        log.warning("push to %s failed (%s), retrying in %d s (attempt %d of %d)", repo_id, reason, wait,
+                    attempt + 1, RETRIES)
         time.sleep(wait)
