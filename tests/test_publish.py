@@ -99,6 +99,17 @@ def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run,
         local.eval(), local_tokenizer, prompts, 8, 4, "local")
 
 
+def test_merged_weights_push_and_load_without_peft(trained_run, hub, tmp_path):
+    endpoint, state = hub
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny-merged", "--merged",
+                   "--no-private")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "verified: downloaded" in done.stderr
+    repo = state.repos["alice/tiny-merged"]
+    assert not repo.private and "model.safetensors" in repo.lfs
+    assert not any(name.startswith("adapter_") for name in repo.files)
+
+
 def test_a_wrong_token_is_one_line_and_uploads_nothing(trained_run, hub, tmp_path):
     endpoint, state = hub
     done = publish(trained_run, endpoint, "hf_wrong", tmp_path / "hf-home", "--repo-id", "alice/tiny-symptoms")
@@ -111,7 +122,7 @@ def test_a_wrong_token_is_one_line_and_uploads_nothing(trained_run, hub, tmp_pat
 
 def test_verification_catches_a_file_that_comes_back_different(trained_run, hub, tmp_path):
     endpoint, state = hub
-    adapter_config = (trained_run / "publish" / "adapter_config.json").read_bytes()
+    adapter_config = (trained_run / "model" / "adapter_config.json").read_bytes()
     state.served_instead["adapter_config.json"] = adapter_config.replace(b'"r": 8', b'"r": 9')
     done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny")
     assert done.returncode == 2
