@@ -141,7 +141,16 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
+                                                             "memory, ~30% more compute.")
+    pack_row_tokens: int | None = Field(
+        256, gt=0, description="Pack each batch's examples into rows of at most this many tokens (position_ids "
+        "restart per example, no cross-example attention); null: pad each example to the batch's longest.")
+    answer_only_lm_head: bool = Field(True, description="Apply the LM head and the loss only where an answer "
+                                                        "token is predicted (same loss, less compute and memory).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    liger_kernels: bool = Field(True, description="On CUDA, use Liger kernels (RMSNorm, RoPE, SwiGLU) when "
+                                                  "liger-kernel is installed.")
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")
     evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
 

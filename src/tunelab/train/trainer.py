@@ -6,6 +6,7 @@ the loop, optimizer, scheduler, checkpointing and progress bar are transformers'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
+from tunelab.train.batching import BatchCollator, answer_only_loss, model_inputs
 from tunelab.train.checkpoints import AtomicCheckpointTrainer, finished_checkpoint, latest_complete_checkpoint
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
@@ -104,17 +106,36 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         save_total_limit=train.save_total_limit,
         eval_strategy="epoch" if has_validation and not quiet else "no",
         disable_tqdm=quiet,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         seed=config.seed,
         data_seed=config.seed,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
+        use_liger_kernel=on_gpu and train.liger_kernels and importlib.util.find_spec("liger_kernel") is not None,
+        # The fused LM head + loss of Liger would replace our answer-only one.
+        liger_kernel_config={"fused_linear_cross_entropy": False},
         dataloader_pin_memory=on_gpu,
         report_to="none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
     )
+
+
+class TunelabTrainer(AtomicCheckpointTrainer):
+    """The training loss with the answer-only LM head; packed batches attend by position_ids."""
+
+    answer_only_lm_head = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self.answer_only_lm_head:  # evaluation wants the full logits too
+            return super().compute_loss(model, model_inputs(inputs), return_outputs, num_items_in_batch)
+        loss = answer_only_loss(model, inputs, num_items_in_batch)
+        # As Trainer.compute_loss: the count covers every process, and DDP averages the gradients.
+        counted_everywhere = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+        if num_items_in_batch is not None and counted_everywhere:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -176,7 +197,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     `quiet` (search trials): no progress bar, no printed logs, no Trainer evaluation; the log file
     and the callbacks still see every record.
     """
-    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers import set_seed
 
     train = config.train
     torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
@@ -203,14 +224,15 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     if not resume:  # a fresh run must not pick up or rotate checkpoints of an earlier one
         log_path.unlink(missing_ok=True)
         shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
-    trainer = AtomicCheckpointTrainer(
+    trainer = TunelabTrainer(
         model=model,
         args=_training_arguments(config, run_dir.checkpoints, validation_set is not None, quiet),
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=BatchCollator(tokenizer.pad_token_id, train.pack_row_tokens),
         callbacks=[JsonlLogCallback(log_path), LossWatchdog(train.learning_rate), *callbacks],
     )
+    trainer.answer_only_lm_head = train.answer_only_lm_head
     if quiet:
         trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()

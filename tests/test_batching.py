@@ -1,0 +1,138 @@
+"""Packing and the answer-only LM head change the cost of a step, never what is learned."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_label_rows, write_config, write_csv
+from tunelab.config import load_config
+from tunelab.data.chat import IGNORE_INDEX
+from tunelab.data.examples import rows_to_examples
+from tunelab.data.prepare import prepare_stage
+from tunelab.rundir import RunDir, read_jsonl
+from tunelab.train.batching import BatchCollator, _first_fit_decreasing, answer_only_loss, model_inputs
+from tunelab.train.trainer import attach_adapters, encode_split, run_training
+
+
+@pytest.fixture
+def lora_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = attach_adapters(model, TrainConfig(lora={"r": 8, "alpha": 16, "dropout": 0.0}))
+    for name, parameter in model.named_parameters():  # LoRA B starts at zero: give the gradients something to flow
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    return model
+
+
+@pytest.fixture
+def features(tiny_tokenizer):
+    from tunelab.config import DataConfig
+
+    settings = DataConfig(source="x.csv", input_column="text", label_column="label", system_prompt="Name it.")
+    rows = make_label_rows(per_label=3, seed=3)
+    rows[0]["text"] += " It started after a long trip abroad and has not stopped since then at all."
+    examples = rows_to_examples(rows, settings, "x.csv")
+    return list(encode_split(tiny_tokenizer, examples, 256)[0])
+
+
+def loss_and_grads(model, compute):
+    model.zero_grad()
+    loss = compute()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def full_head_loss(model, batch, num_items=None):
+    """transformers' own causal-LM loss over the full logits (what the trainer does with the switch off)."""
+    extra = {"num_items_in_batch": num_items} if num_items is not None else {}
+    return model(**model_inputs(batch), **extra).loss
+
+
+def assert_same(first, second, tolerance=1e-5):
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert torch.allclose(loss_a, loss_b, atol=tolerance), (loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=tolerance, rtol=1e-4), name
+
+
+def test_rows_are_packed_within_capacity_and_keep_every_token(features, tiny_tokenizer):
+    lengths = [len(f["input_ids"]) for f in features]
+    capacity = max(lengths) + 10
+    rows = _first_fit_decreasing(lengths, capacity)
+    assert sorted(i for row in rows for i in row) == list(range(len(features)))
+    assert all(sum(lengths[i] for i in row) <= capacity for row in rows) and len(rows) < len(features)
+    batch = BatchCollator(tiny_tokenizer.pad_token_id, capacity)(features)
+    assert int(batch["attention_mask"].sum()) == sum(lengths)
+    assert batch["input_ids"].shape[1] <= capacity
+    starts = (batch["position_ids"] == 0) & (batch["attention_mask"] == 1)
+    assert int(starts.sum()) == len(features) and (batch["labels"][starts] == IGNORE_INDEX).all()
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) == sum(
+        sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in features)
+
+
+def test_packed_logits_equal_unpacked_ones(lora_model, features, tiny_tokenizer):
+    lengths = [len(f["input_ids"]) for f in features]
+    padded = BatchCollator(tiny_tokenizer.pad_token_id)(features)
+    packed = BatchCollator(tiny_tokenizer.pad_token_id, 120)(features)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    with torch.no_grad():
+        unpacked_logits = lora_model(**model_inputs(padded)).logits
+        packed_logits = lora_model(**model_inputs(packed)).logits
+    for row, members in enumerate(_first_fit_decreasing(lengths, 120)):
+        offset = 0
+        for index in members:
+            segment = packed_logits[row, offset:offset + lengths[index]]
+            assert torch.allclose(segment, unpacked_logits[index, :lengths[index]], atol=1e-5), index
+            offset += lengths[index]
+
+
+def test_packed_loss_and_gradients_equal_unpacked(lora_model, features, tiny_tokenizer):
+    padded = BatchCollator(tiny_tokenizer.pad_token_id)(features)
+    packed = BatchCollator(tiny_tokenizer.pad_token_id, 120)(features)
+    assert_same(loss_and_grads(lora_model, lambda: full_head_loss(lora_model, padded)),
+                loss_and_grads(lora_model, lambda: full_head_loss(lora_model, packed)))
+
+
+def test_answer_only_head_loss_and_gradients_equal_the_full_head(lora_model, features, tiny_tokenizer):
+    for capacity in (None, 120):
+        batch = BatchCollator(tiny_tokenizer.pad_token_id, capacity)(features)
+        assert_same(loss_and_grads(lora_model, lambda b=batch: full_head_loss(lora_model, b)),
+                    loss_and_grads(lora_model, lambda b=batch: answer_only_loss(lora_model, b)))
+        # With gradient accumulation the trainer normalises by the whole accumulated batch's count.
+        assert_same(loss_and_grads(lora_model, lambda b=batch: full_head_loss(lora_model, b, torch.tensor(50))),
+                    loss_and_grads(lora_model, lambda b=batch: answer_only_loss(lora_model, b, torch.tensor(50))))
+
+
+def test_training_learns_the_same_with_every_switch(tmp_path, tiny_model_dir):
+    """Three steps with gradient accumulation: same losses and weights, packed or not, full head or not."""
+    csv = write_csv(tmp_path / "d.csv", make_label_rows(per_label=10))
+    path = write_config(tmp_path, {"source": str(csv)}, tiny_model_dir,
+                        train={"max_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 2,
+                               "group_by_length": False})
+    prepared = RunDir(tmp_path / "prepared")
+    prepare_stage(load_config(path), prepared)
+    outcomes = {}
+    for packing, answer_only in ((None, False), (256, False), (None, True), (256, True)):
+        config = load_config(path, [f"train.pack_row_tokens={packing or 'null'}",
+                                    f"train.answer_only_lm_head={answer_only}",
+                                    f"output_dir={tmp_path / f'run-{packing}-{answer_only}'}"])
+        run_dir = RunDir(config.output_dir, data=prepared.data)
+        outcome = run_training(config, run_dir)
+        losses = [r["loss"] for r in read_jsonl(run_dir.root / "train_log.jsonl") if "loss" in r]
+        weights = {n: p.detach().clone() for n, p in outcome.model.named_parameters() if p.requires_grad}
+        outcomes[(packing, answer_only)] = (losses, weights)
+        assert json.loads((run_dir.model / "training_summary.json").read_text())["steps"] == 3
+    reference_losses, reference_weights = outcomes[(None, False)]
+    for losses, weights in outcomes.values():
+        assert losses == pytest.approx(reference_losses, abs=1e-4)
+        for name, value in weights.items():
+            # Adam divides by the gradient's own scale, so 1e-7 noise in tiny gradients shows as ~1e-5.
+            assert torch.allclose(value, reference_weights[name], atol=1e-4), name
