@@ -11,23 +11,29 @@ from tunelab.data.chat import IGNORE_INDEX
 from tunelab.data.examples import rows_to_examples
 from tunelab.data.prepare import prepare_stage
 from tunelab.rundir import RunDir, read_jsonl
-from tunelab.train.batching import BatchCollator, _first_fit_decreasing, answer_only_loss, model_inputs
-from tunelab.train.trainer import attach_adapters, encode_split, run_training
+from tunelab.train.batching import BatchCollator, _first_fit_decreasing, _packed_rows, answer_only_loss, model_inputs
+from tunelab.train.trainer import attach_adapters, encode_split, run_training, store_frozen_linears_in_bf16
 
 
-@pytest.fixture
-def lora_model(tiny_model_dir):
+def build_lora(model_dir, frozen_in_bf16: bool = False):
     from transformers import AutoModelForCausalLM
 
     from tunelab.config import TrainConfig
 
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    if frozen_in_bf16:
+        store_frozen_linears_in_bf16(model)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model = attach_adapters(model, TrainConfig(lora={"r": 8, "alpha": 16, "dropout": 0.0}))
     for name, parameter in model.named_parameters():  # LoRA B starts at zero: give the gradients something to flow
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.05)
     return model
+
+
+@pytest.fixture
+def lora_model(tiny_model_dir):
+    return build_lora(tiny_model_dir)
 
 
 @pytest.fixture
@@ -71,6 +77,7 @@ def test_rows_are_packed_within_capacity_and_keep_every_token(features, tiny_tok
     assert all(sum(lengths[i] for i in row) <= capacity for row in rows) and len(rows) < len(features)
     batch = BatchCollator(tiny_tokenizer.pad_token_id, capacity)(features)
     assert int(batch["attention_mask"].sum()) == sum(lengths)
+    assert batch["input_ids"].numel() <= len(features) * max(lengths)  # never more slots than padding
     assert batch["input_ids"].shape[1] <= capacity
     starts = (batch["position_ids"] == 0) & (batch["attention_mask"] == 1)
     assert int(starts.sum()) == len(features) and (batch["labels"][starts] == IGNORE_INDEX).all()
@@ -86,7 +93,7 @@ def test_packed_logits_equal_unpacked_ones(lora_model, features, tiny_tokenizer)
     with torch.no_grad():
         unpacked_logits = lora_model(**model_inputs(padded)).logits
         packed_logits = lora_model(**model_inputs(packed)).logits
-    for row, members in enumerate(_first_fit_decreasing(lengths, 120)):
+    for row, members in enumerate(_packed_rows(lengths, 120)):
         offset = 0
         for index in members:
             segment = packed_logits[row, offset:offset + lengths[index]]
@@ -111,12 +118,25 @@ def test_answer_only_head_loss_and_gradients_equal_the_full_head(lora_model, fea
                     loss_and_grads(lora_model, lambda b=batch: answer_only_loss(lora_model, b, torch.tensor(50))))
 
 
+def test_frozen_weights_stored_in_bf16_equal_autocasting_them(tiny_model_dir, features, tiny_tokenizer):
+    """bf16 mixed precision rounds each frozen weight to bf16 for every matmul; storing it rounded is the same."""
+    batch = BatchCollator(tiny_tokenizer.pad_token_id, 120)(features)
+    results = []
+    for frozen_in_bf16 in (False, True):
+        model = build_lora(tiny_model_dir, frozen_in_bf16)
+        stored = {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        assert (torch.bfloat16 in stored) == frozen_in_bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_and_grads(model, lambda m=model: answer_only_loss(m, batch)))
+    assert_same(*results, tolerance=1e-6)
+
+
 def test_training_learns_the_same_with_every_switch(tmp_path, tiny_model_dir):
     """Three steps with gradient accumulation: same losses and weights, packed or not, full head or not."""
     csv = write_csv(tmp_path / "d.csv", make_label_rows(per_label=10))
     path = write_config(tmp_path, {"source": str(csv)}, tiny_model_dir,
                         train={"max_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 2,
-                               "group_by_length": False})
+                               "group_by_length": False, "mixed_precision": "no"})
     prepared = RunDir(tmp_path / "prepared")
     prepare_stage(load_config(path), prepared)
     outcomes = {}

@@ -117,7 +117,8 @@ class ModelConfig(Section):
 class LoraSettings(Section):
     r: int = Field(16, gt=0, description="Rank of the update BA.")
     alpha: int = Field(32, gt=0, description="Scale: the update is multiplied by alpha / r.")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input. 0 skips that pass: "
+                           "steps ~1.5x faster on CPU; try 0.05-0.1 if validation loss rises while train loss falls.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt; all-linear adapts every linear layer."
     )
@@ -143,6 +144,9 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, gt=0)
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
                                                              "memory, ~30% more compute.")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="Autocast matmuls to half precision, weights and optimizer stay fp32. auto: bf16 where "
+        "the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp16 on older GPUs, else no.")
     pack_row_tokens: int | None = Field(
         256, gt=0, description="Pack each batch's examples into rows of at most this many tokens (position_ids "
         "restart per example, no cross-example attention); null: pad each example to the batch's longest.")

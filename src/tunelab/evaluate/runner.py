@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -198,16 +198,27 @@ def resolve_metric(metric: str, has_labels: bool) -> str:
     return metric
 
 
+def autocast_for(model):
+    """Autocast to bf16 for a model whose frozen linear weights are stored in bf16 (a model being
+    trained with bf16 mixed precision, scored mid-run by a search); nothing for any other model."""
+    stored = {module.weight.dtype for module in model.modules() if isinstance(module, torch.nn.Linear)}
+    if torch.bfloat16 in stored and torch.float32 in {p.dtype for p in model.parameters()}:
+        return torch.autocast(_device(model).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: list[str] | None,
                    config: TunelabConfig, metric: str) -> float:
     """One number for one model on `examples`: answer loss, or accuracy / macro-F1 of generations."""
     was_training = model.training
     model.eval()
     try:
-        if metric == "loss":
-            return answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)["loss"]
-        generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                       config.evaluate.batch_size, "validation", config.evaluate.decoding)
+        with autocast_for(model):
+            if metric == "loss":
+                return answer_loss(model, tokenizer, examples, config.train.max_length,
+                                   config.evaluate.batch_size)["loss"]
+            generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
+                                           config.evaluate.batch_size, "validation", config.evaluate.decoding)
         gold = [answer_text(e) for e in examples]
         predicted = [match_label(extract_answer(text), labels) for text in generations]
         return label_metrics(gold, predicted, labels)[metric]

@@ -34,12 +34,27 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def _packed_rows(lengths: list[int], limit: int) -> list[list[int]]:
+    """The packing with the fewest token slots (rows x longest row) for row lengths up to `limit`.
+
+    Longer rows are not better in themselves: attention over a row costs the square of its
+    length, so among equal slot counts the shortest rows win.
+    """
+    longest = max(lengths)
+    candidates = [_first_fit_decreasing(lengths, capacity) for capacity in range(longest, max(limit, longest) + 1, 8)]
+
+    def slots(rows: list[list[int]]) -> int:
+        return len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+
+    return min(candidates, key=slots)
+
+
 @dataclass
 class BatchCollator:
     """Right-padded batches, or (``pack_row_tokens`` set) the batch's examples packed into short rows.
 
-    Rows are short (a few hundred tokens) rather than one long row per batch: attention over a
-    packed row costs the square of its length, so one 1,700-token row is slower than padding.
+    Rows are short (at most ``pack_row_tokens``) rather than one long row per batch: attention over
+    a packed row costs the square of its length, so one 1,700-token row is slower than padding.
     Packed batches carry ``position_ids`` and an ``attention_mask`` that marks padding only; the
     trainer drops the mask before the forward pass so the position_ids define the attention.
     """
@@ -49,7 +64,7 @@ class BatchCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.pack_row_tokens:
-            rows = _first_fit_decreasing([len(f["input_ids"]) for f in features], self.pack_row_tokens)
+            rows = _packed_rows([len(f["input_ids"]) for f in features], self.pack_row_tokens)
             sequences = [self._packed_row([features[i] for i in row]) for row in rows]
         else:
             sequences = [(list(f["input_ids"]), list(f["labels"]), None) for f in features]
