@@ -1,10 +1,14 @@
 """Training throughput: plain TRL SFTTrainer + PEFT LoRA (TRL's defaults) vs tunelab's trainer, side by side.
 
-Usage: python bench/train_throughput.py [--csv ../shared/data/symptom2disease.csv] [--examples 96] [--repeats 2]
+Usage: python bench/train_throughput.py [--csv ../shared/data/symptom2disease.csv] [--examples 384] [--repeats 2]
 
-Same model (SmolLM2-135M-Instruct), data (symptom2disease train split), LoRA (r=16, alpha=32, all
-linear layers), effective batch (8 x 2), number of training examples, learning rate and threads.
-Runs alternate A B A B, each in its own process (peak RSS is per process). Each run reports
+Same model (SmolLM2-135M-Instruct), data (symptom2disease train split), LoRA (r=16, alpha=32,
+dropout 0, all linear layers), effective batch (8 x 2), number of training examples, learning rate
+and its schedule (linear, no warmup: TRL's), threads. Everything else is each tool's default:
+TRL runs bf16 autocast with gradient checkpointing and pads each batch; tunelab runs bf16 autocast
+with frozen weights stored in bf16, length-grouped packed batches and the answer-only LM head.
+Runs alternate A B A B, each in its own process (peak RSS is per process, up to the end of
+training: model loading included, the validation scoring after it not). Each run reports
 supervised (answer) tokens/s and all (non-padding) tokens/s counted from the batches the trainer
 actually consumed, peak RSS, final train loss, and the answer loss on 64 validation rows after
 training (the same function for both). Then a CPU roofline: measured fp32 matmul GFLOP/s at the
@@ -38,10 +42,10 @@ def settings(csv: str, threads: int, steps: int, output_dir: Path):
               "test_size": 0.2, "validation_size": 0.06},
         prepare={"dedup_threshold": None},
         model={"name_or_path": "smollm2-135m-instruct"},
-        train={"method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "learning_rate": LEARNING_RATE,
+        train={"method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "learning_rate": LEARNING_RATE,
                "per_device_batch_size": BATCH, "gradient_accumulation_steps": ACCUMULATION, "max_steps": steps,
-               "warmup_ratio": 0.0, "max_length": MAX_LENGTH, "logging_steps": 1, "save_steps": 10_000,
-               "num_threads": threads, "evaluate_after": False},
+               "warmup_ratio": 0.0, "scheduler": "linear", "max_length": MAX_LENGTH, "logging_steps": 1,
+               "save_steps": 10_000, "num_threads": threads, "evaluate_after": False},
         output_dir=str(output_dir),
     )
 
@@ -113,7 +117,8 @@ def worker(variant: str, csv: str, threads: int, steps: int) -> dict:
         started = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - started
-        model, train_loss = trainer.model, result.training_loss
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # scored in fp32
+        train_loss = result.training_loss
     else:
         original = tunelab_trainer.TunelabTrainer.__init__
 
@@ -126,6 +131,7 @@ def worker(variant: str, csv: str, threads: int, steps: int) -> dict:
         outcome = tunelab_trainer.run_training(config, run_dir, quiet=True)
         wall, model = outcome.summary["wall_seconds"], outcome.model
         train_loss = outcome.summary["train_loss"]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training only, not the scoring below
     counter = counters[0]
     model.eval()
     validation = read_jsonl(run_dir.split("validation"))[:VALIDATION_ROWS]
@@ -134,7 +140,7 @@ def worker(variant: str, csv: str, threads: int, steps: int) -> dict:
             "supervised_tokens": counter.supervised, "tokens": counter.tokens, "slots": counter.slots,
             "supervised_per_s": counter.supervised / wall, "tokens_per_s": counter.tokens / wall,
             "padding_share": 1 - counter.tokens / counter.slots,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gib": peak_rss,
             "train_loss": train_loss, "validation_loss": loss}
 
 
@@ -160,6 +166,7 @@ def roofline(threads: int, tokens: int = 512) -> dict:
     Per token, forward 2·(in·out) FLOPs per frozen linear map and backward 2·(in·out) more (input
     gradient only: frozen weights get none); the LM head once for forward and once for backward.
     Attention scores, norms and LoRA's small matrices are left out, so this bounds from above.
+    Measured in fp32 and in bf16 (what both runs multiply in under autocast).
     """
     import torch
 
@@ -167,26 +174,29 @@ def roofline(threads: int, tokens: int = 512) -> dict:
     shapes, layers, vocab = model_shapes()
     hidden = shapes["q"][0]
 
-    def gflops(n_in: int, n_out: int) -> float:
-        x, w = torch.randn(tokens, n_in), torch.randn(n_in, n_out)
+    def seconds(n_in: int, n_out: int, dtype) -> float:
+        x, w = torch.randn(tokens, n_in, dtype=dtype), torch.randn(n_in, n_out, dtype=dtype)
         for _ in range(3):
             x @ w
         started, repeats = time.perf_counter(), 20
         for _ in range(repeats):
             x @ w
-        return 2 * tokens * n_in * n_out * repeats / (time.perf_counter() - started) / 1e9
+        return (time.perf_counter() - started) / repeats / tokens  # per token
 
     body_flops = sum(4 * i * o for i, o in shapes.values()) * layers
-    body_seconds = sum(4 * i * o / (gflops(i, o) * 1e9) for i, o in shapes.values()) * layers
-    head_flops, head_seconds = 4 * hidden * vocab, 4 * hidden * vocab / (gflops(hidden, vocab) * 1e9)
-    return {"body_gflops_per_token": body_flops / 1e9, "head_gflops_per_token": head_flops / 1e9,
-            "achieved_gflops": (body_flops + head_flops) / (body_seconds + head_seconds) / 1e9,
-            "all_positions_tokens_per_s": 1 / (body_seconds + head_seconds), "body_only_tokens_per_s": 1 / body_seconds}
+    head_flops = 4 * hidden * vocab
+    bounds = {"body_gflops_per_token": body_flops / 1e9, "head_gflops_per_token": head_flops / 1e9}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        body = sum(2 * seconds(i, o, dtype) for i, o in shapes.values()) * layers
+        head = 2 * seconds(hidden, vocab, dtype)
+        bounds[name] = {"gflops": (body_flops + head_flops) / (body + head) / 1e9,
+                        "head_everywhere_tokens_per_s": 1 / (body + head), "body_only_tokens_per_s": 1 / body}
+    return bounds
 
 
 def main() -> None:
     parser = parser_with_csv(__doc__)
-    parser.add_argument("--examples", type=int, default=96, help="training examples per run (multiple of 16)")
+    parser.add_argument("--examples", type=int, default=384, help="training examples per run (multiple of 16)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--worker", choices=["trl", "tunelab"], help=argparse_suppress())
@@ -221,13 +231,17 @@ def main() -> None:
           f"{ours['peak_rss_gib'] / base['peak_rss_gib']:.2f}x, validation loss "
           f"{ours['validation_loss']:.4f} vs {base['validation_loss']:.4f}")
     bound = roofline(args.threads)
-    print(f"roofline: fp32 matmul {bound['achieved_gflops']:.1f} GFLOP/s at the layer shapes; training FLOPs per "
-          f"token {bound['body_gflops_per_token']:.3f} G (body) + {bound['head_gflops_per_token']:.3f} G (LM head) "
-          f"-> {bound['all_positions_tokens_per_s']:.0f} tokens/s with the head everywhere, "
-          f"{bound['body_only_tokens_per_s']:.0f} tokens/s body only")
+    print(f"roofline: training FLOPs per token {bound['body_gflops_per_token']:.3f} G (body) + "
+          f"{bound['head_gflops_per_token']:.3f} G (LM head)")
+    for precision in ("fp32", "bf16"):
+        values = bound[precision]
+        print(f"  {precision} matmul {values['gflops']:.0f} GFLOP/s at the layer shapes -> "
+              f"{values['head_everywhere_tokens_per_s']:.0f} tokens/s with the head everywhere, "
+              f"{values['body_only_tokens_per_s']:.0f} tokens/s body only")
     for variant, values in summary.items():
-        print(f"  {variant:8s} reaches {values['tokens_per_s'] / bound['all_positions_tokens_per_s']:.1%} of the "
-              f"head-everywhere bound, {values['tokens_per_s'] / bound['body_only_tokens_per_s']:.1%} of body-only")
+        reached, bf16 = values["tokens_per_s"], bound["bf16"]
+        print(f"  {variant:8s} (bf16 autocast) reaches {reached / bf16['head_everywhere_tokens_per_s']:.1%} "
+              f"of the bf16 head-everywhere bound, {reached / bf16['body_only_tokens_per_s']:.1%} of body-only")
 
 
 def argparse_suppress():

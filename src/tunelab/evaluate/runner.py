@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tunelab.config import DecodingConfig, TunelabConfig
-from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt
+from tunelab.data.chat import encode_example, render_prompt
 from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
@@ -26,6 +26,7 @@ from tunelab.evaluate.plots import plot_confusion
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
+from tunelab.train.batching import BatchCollator, answer_token_losses
 from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize
 
 log = logging.getLogger(__name__)
@@ -64,24 +65,19 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
 
 @torch.no_grad()
 def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: int, batch_size: int) -> dict:
-    """Mean cross-entropy over the gold answer tokens (teacher forcing) and its perplexity."""
+    """Mean cross-entropy over the gold answer tokens (teacher forcing) and its perplexity.
+
+    The LM head runs at the answer positions only, so a batch never holds full-vocabulary logits.
+    """
+    collate = BatchCollator(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
-    pad_id = tokenizer.pad_token_id
     for start in range(0, len(examples), batch_size):
         encoded = [encode_example(tokenizer, e, max_length) for e in examples[start:start + batch_size]]
-        width = max(len(e.input_ids) for e in encoded)
-        input_ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encoded])
-        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded])
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(e.input_ids) for e in encoded])[:, None])
-        device = _device(model)
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.long().to(device)).logits.float()
-        shifted_labels = labels[:, 1:].to(device)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), shifted_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
-        )
+        batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+        batch = {key: value.to(_device(model)) for key, value in batch.items()}
+        loss, tokens = answer_token_losses(model, batch)
         total_loss += loss.item()
-        total_tokens += int((shifted_labels != IGNORE_INDEX).sum())
+        total_tokens += int(tokens)
     mean = total_loss / max(total_tokens, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "answer_tokens": total_tokens}
 

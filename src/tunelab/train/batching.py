@@ -102,13 +102,12 @@ def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
-def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy of the answer tokens with the LM head applied at those positions only.
+def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of the answer tokens and their count, with the LM head applied at those
+    positions only.
 
     Position t predicts token t+1, so the head runs where labels[t+1] is supervised
-    (`logits_to_keep` as a boolean mask: transformers projects just those hidden states). Normalised
-    like transformers' own causal-LM loss: by `num_items_in_batch` (all supervised tokens of the
-    accumulated batch) when the trainer gives it, else by this batch's supervised tokens.
+    (`logits_to_keep` as a boolean mask: transformers projects just those hidden states).
     """
     labels = inputs["labels"]
     targets = labels[:, 1:]
@@ -118,5 +117,14 @@ def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=
     logits = model(**{"use_cache": False, **forward}, logits_to_keep=keep).logits
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                               targets[targets != IGNORE_INDEX], reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return total, keep.sum()
+
+
+def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None) -> torch.Tensor:
+    """The training loss of `answer_token_losses`, normalised like transformers' causal-LM loss: by
+    `num_items_in_batch` (all supervised tokens of the accumulated batch) when the trainer gives it,
+    else by this batch's supervised tokens."""
+    total, count = answer_token_losses(model, inputs)
+    if num_items_in_batch is not None:
+        count = num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)
