@@ -34,10 +34,11 @@ VALIDATION_ROWS = 64
 BATCH, ACCUMULATION, LEARNING_RATE, MAX_LENGTH = 8, 2, 1e-3, 256
 
 
-def settings(csv: str, threads: int, steps: int, output_dir: Path):
-    from tunelab.config import TunelabConfig
+def settings(csv: str, threads: int, steps: int, output_dir: Path, overrides: tuple[str, ...] = ()):
+    """The compared settings; `overrides` (KEY=VALUE) go through the config loader like `--set`."""
+    from tunelab.config import TunelabConfig, load_config, save_config
 
-    return TunelabConfig(
+    config = TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
               "test_size": 0.2, "validation_size": 0.06},
         prepare={"dedup_threshold": None},
@@ -48,6 +49,12 @@ def settings(csv: str, threads: int, steps: int, output_dir: Path):
                "save_steps": 10_000, "num_threads": threads, "evaluate_after": False},
         output_dir=str(output_dir),
     )
+    if not overrides:
+        return config
+    path = output_dir.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(config, path)
+    return load_config(path, list(overrides))
 
 
 class BatchCounter:
@@ -94,7 +101,7 @@ def trl_trainer(config, run_dir, model_path: str):
     return trainer
 
 
-def worker(variant: str, csv: str, threads: int, steps: int) -> dict:
+def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[str, ...]) -> dict:
     import torch
 
     from tunelab.data.prepare import prepare_stage
@@ -104,7 +111,7 @@ def worker(variant: str, csv: str, threads: int, steps: int) -> dict:
     from tunelab.train.model import load_tokenizer, materialize
 
     torch.set_num_threads(threads)
-    config = settings(csv, threads, steps, RUN_DIR / variant)
+    config = settings(csv, threads, steps, RUN_DIR / variant, overrides if variant == "tunelab" else ())
     shared = RunDir(RUN_DIR)
     prepare_stage(config, shared)
     run_dir = RunDir(RUN_DIR / variant, data=shared.data)
@@ -199,17 +206,20 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=384, help="training examples per run (multiple of 16)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a tunelab setting (to measure one switch at a time)")
     parser.add_argument("--worker", choices=["trl", "tunelab"], help=argparse_suppress())
     args = parser.parse_args()
     steps = args.examples // (BATCH * ACCUMULATION)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.csv, args.threads, steps)))
+        print(json.dumps(worker(args.worker, args.csv, args.threads, steps, tuple(args.overrides))))
         return
     runs: dict[str, list[dict]] = {"trl": [], "tunelab": []}
     for repeat in range(args.repeats):
         for variant in ("trl", "tunelab"):
             done = subprocess.run([sys.executable, __file__, "--worker", variant, "--csv", args.csv, "--examples",
-                                   str(args.examples), "--threads", str(args.threads)], capture_output=True, text=True)
+                                   str(args.examples), "--threads", str(args.threads),
+                                   *[f"--set={o}" for o in args.overrides]], capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{variant} run failed:\n{done.stderr[-3000:]}")
             result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,7 +12,7 @@ from tunelab.config import load_config
 from tunelab.data.prepare import prepare_stage
 from tunelab.evaluate.runner import answer_loss
 from tunelab.rundir import RunDir, read_jsonl
-from tunelab.train.trainer import run_training
+from tunelab.train.trainer import mixed_precision, run_training
 
 LEARNING_RATES = {"full": 3e-3, "lora": 1e-2, "qlora": 1e-2}
 
@@ -52,7 +52,9 @@ def test_method_lowers_answer_loss_and_saved_weights_reload(method, tmp_path, la
 
         reloaded = PeftModel.from_pretrained(load_base(tiny_model_dir, method), run_dir.model)
     batch = tokenizer(["I have had fever and chills for 3 days."], return_tensors="pt")
-    with torch.no_grad():
+    # Trained in bf16 mixed precision (where the CPU has it), the model is compared in that precision.
+    bf16 = mixed_precision(config.train, torch.float32) == "bf16"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         torch.testing.assert_close(reloaded.eval()(**batch).logits, tuned(**batch).logits, atol=1e-5, rtol=1e-5)
 
     summary = json.loads((run_dir.model / "training_summary.json").read_text())

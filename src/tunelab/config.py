@@ -152,7 +152,9 @@ class TrainConfig(Section):
         "restart per example, no cross-example attention); null: pad each example to the batch's longest.")
     answer_only_lm_head: bool = Field(True, description="Apply the LM head and the loss only where an answer "
                                                         "token is predicted (same loss, less compute and memory).")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
+    group_by_length: bool = Field(True, description="When packing is off: batch examples of similar length "
+                                  "together (less padding). With packing, batches stay random (packing removes the "
+                                  "padding, and length-sorted batches learned worse in bench/train_throughput.py).")
     liger_kernels: bool = Field(True, description="On CUDA, use Liger kernels (RMSNorm, RoPE, SwiGLU) when "
                                                   "liger-kernel is installed.")
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")

@@ -70,28 +70,31 @@ def store_frozen_linears_in_bf16(model) -> None:
     """Under bf16 autocast every matmul rounds its fp32 weight to bf16 anyway, and a frozen weight's
     rounded copy is made again at each step and kept for the backward pass. Storing the frozen
     linear weights in bf16 gives the same products with half the weight memory and no copies.
-    Weights shared with the input embeddings stay fp32 (the lookup is not autocast)."""
+    Weights shared with the input embeddings stay fp32 (the lookup is not autocast); they and the
+    other fp32 tensors are copied so the memory-mapped checkpoint file is released (its pages would
+    otherwise stay resident: ~4 bytes per parameter)."""
     embeddings = model.get_input_embeddings().weight
+    converted = set()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
-            module.weight.data = module.weight.data.to(torch.bfloat16)
+            for parameter in (module.weight, module.bias):
+                if parameter is not None:
+                    parameter.data = parameter.data.to(torch.bfloat16)
+                    converted.add(id(parameter))
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in converted:
+            tensor.data = tensor.data.clone()
+
+
+def upcast_frozen_linears(model) -> None:
+    """Back to fp32 storage after training, so the returned model runs without autocast. The values
+    stay bf16-rounded: under bf16 autocast it computes exactly what the saved adapter on the fp32
+    base computes (every matmul rounds the weights the same way)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16:
+            module.weight.data = module.weight.data.float()
             if module.bias is not None:
-                module.bias.data = module.bias.data.to(torch.bfloat16)
-
-
-def restore_frozen_linears(model, source: ModelSource, config: TunelabConfig) -> None:
-    """Give a trained model stored-in-bf16 frozen weights back their fp32 values from the base, so the
-    model in memory is exactly the base plus the trained adapter that a reload would give."""
-    stored = {name: module for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16}
-    if not stored or config.train.method != "lora":
-        return
-    base = load_model(source, config.model)
-    for name, module in stored.items():  # PEFT names: base_model.model.<base name>.base_layer
-        original = base.get_submodule(name.removeprefix("base_model.model.").removesuffix(".base_layer"))
-        module.weight.data = original.weight.data
-        if module.bias is not None:
-            module.bias.data = original.bias.data
+                module.bias.data = module.bias.data.float()
 
 
 def build_model(config: TunelabConfig, source: ModelSource):
@@ -148,7 +151,7 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         save_total_limit=train.save_total_limit,
         eval_strategy="epoch" if has_validation and not quiet else "no",
         disable_tqdm=quiet,
-        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if train.group_by_length and not train.pack_row_tokens else "random",
         seed=config.seed,
         data_seed=config.seed,
         bf16=precision == "bf16",
@@ -315,7 +318,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     trainer.accelerator.wait_for_everyone()
     trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast around forward
-    restore_frozen_linears(trained, source, config)
+    upcast_frozen_linears(trained)
     return TrainingOutcome(summary, trained, tokenizer)
 
 
