@@ -34,7 +34,7 @@ VALIDATION_ROWS = 64
 BATCH, ACCUMULATION, LEARNING_RATE, MAX_LENGTH = 8, 2, 1e-3, 256
 
 
-def settings(csv: str, threads: int, steps: int, output_dir: Path, overrides: tuple[str, ...] = ()):
+def settings(csv: str, threads: int, steps: int, output_dir: Path, overrides: tuple[str, ...] = (), seed: int = 42):
     """The compared settings; `overrides` (KEY=VALUE) go through the config loader like `--set`."""
     from tunelab.config import TunelabConfig, load_config, save_config
 
@@ -47,7 +47,7 @@ def settings(csv: str, threads: int, steps: int, output_dir: Path, overrides: tu
                "per_device_batch_size": BATCH, "gradient_accumulation_steps": ACCUMULATION, "max_steps": steps,
                "warmup_ratio": 0.0, "scheduler": "linear", "max_length": MAX_LENGTH, "logging_steps": 1,
                "save_steps": 10_000, "num_threads": threads, "evaluate_after": False},
-        output_dir=str(output_dir),
+        output_dir=str(output_dir), seed=seed,
     )
     if not overrides:
         return config
@@ -101,7 +101,7 @@ def trl_trainer(config, run_dir, model_path: str):
     return trainer
 
 
-def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[str, ...]) -> dict:
+def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[str, ...], seed: int) -> dict:
     import torch
 
     from tunelab.data.prepare import prepare_stage
@@ -111,9 +111,9 @@ def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[st
     from tunelab.train.model import load_tokenizer, materialize
 
     torch.set_num_threads(threads)
-    config = settings(csv, threads, steps, RUN_DIR / variant, overrides if variant == "tunelab" else ())
+    config = settings(csv, threads, steps, RUN_DIR / variant, overrides if variant == "tunelab" else (), seed)
     shared = RunDir(RUN_DIR)
-    prepare_stage(config, shared)
+    prepare_stage(config.model_copy(update={"seed": 42}), shared)  # one split for every run
     run_dir = RunDir(RUN_DIR / variant, data=shared.data)
     source = materialize(config.model)
     counters: list[BatchCounter] = []
@@ -204,21 +204,22 @@ def roofline(threads: int, tokens: int = 512) -> dict:
 def main() -> None:
     parser = parser_with_csv(__doc__)
     parser.add_argument("--examples", type=int, default=384, help="training examples per run (multiple of 16)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="A B pairs; repeat r seeds both runs with 42 + r")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a tunelab setting (to measure one switch at a time)")
+    parser.add_argument("--seed", type=int, default=42, help=argparse_suppress())
     parser.add_argument("--worker", choices=["trl", "tunelab"], help=argparse_suppress())
     args = parser.parse_args()
     steps = args.examples // (BATCH * ACCUMULATION)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.csv, args.threads, steps, tuple(args.overrides))))
+        print(json.dumps(worker(args.worker, args.csv, args.threads, steps, tuple(args.overrides), args.seed)))
         return
     runs: dict[str, list[dict]] = {"trl": [], "tunelab": []}
     for repeat in range(args.repeats):
         for variant in ("trl", "tunelab"):
             done = subprocess.run([sys.executable, __file__, "--worker", variant, "--csv", args.csv, "--examples",
-                                   str(args.examples), "--threads", str(args.threads),
+                                   str(args.examples), "--threads", str(args.threads), "--seed", str(42 + repeat),
                                    *[f"--set={o}" for o in args.overrides]], capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{variant} run failed:\n{done.stderr[-3000:]}")
@@ -233,7 +234,8 @@ def main() -> None:
                                      "validation_loss", "padding_share")}
                for variant, results in runs.items()}
     base, ours = summary["trl"], summary["tunelab"]
-    print(f"\nmedians over {args.repeats} repeats, {args.examples} examples each, {args.threads} threads:")
+    print(f"\nmedians over {args.repeats} repeats (seeds 42..{41 + args.repeats}), {args.examples} examples each, "
+          f"{args.threads} threads:")
     for variant, values in summary.items():
         print(f"  {variant:8s} " + "  ".join(f"{key} {value:.4g}" for key, value in values.items()))
     print(f"ratios tunelab / TRL: supervised tokens/s {ours['supervised_per_s'] / base['supervised_per_s']:.2f}x, "

@@ -68,6 +68,20 @@ def test_halving_prunes_trials_and_saves_tokens(tmp_path, tiny_model_dir):
     assert study.best_trial.params["train.learning_rate"] >= 1e-2
 
 
+def test_an_accuracy_search_prunes_on_validation_loss(tmp_path, tiny_model_dir):
+    """Early on every config scores accuracy 0 (ties promote everyone); the loss still separates them."""
+    space = {"train.learning_rate": [1e-2, 1e-6, 2e-6, 3e-6]}
+    config, run_dir, study = run(search_config(tmp_path, tiny_model_dir, space=space, strategy="halving",
+                                               reduction_factor=2, reports_per_trial=3),
+                                 "train.max_steps=12", "search.metric=accuracy")
+    assert study.get_trials(states=(TrialState.PRUNED,))
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        assert all(value < 0 for value in trial.intermediate_values.values())  # negated losses
+        if trial.state == TrialState.COMPLETE:
+            assert 0.0 <= trial.value <= 1.0  # ranked on accuracy
+    assert study.user_attrs["intermediate"] == {"measure": "loss", "sign": -1.0}
+
+
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):
     space = {"train.learning_rate": [1e30, 1e-2]}
     _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space))

@@ -190,6 +190,10 @@ class SearchConfig(Section):
     eval_examples: int | None = Field(64, gt=0, description="Validation rows scored at each intermediate report.")
     reports_per_trial: int = Field(4, gt=0, description="Intermediate validation scores per trial (halving rungs).")
     reduction_factor: int = Field(3, gt=1, description="Halving keeps the best 1/reduction_factor at each rung.")
+    intermediate: Literal["loss", "metric"] = Field(
+        "loss", description="What the intermediate scores (halving rungs, validation curves) measure: validation "
+        "answer loss (cheap, and it separates configs early, when accuracy is still 0 for all and ties promote "
+        "everyone), or the search metric itself. Finished trials are always ranked on the metric.")
 
 
 class DecodingConfig(Section):

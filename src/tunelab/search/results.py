@@ -79,7 +79,7 @@ def plot_search(study: optuna.Study, rows: list[dict[str, Any]], run_dir: RunDir
     keys = [k for k in study.best_trial.params] if done else []
     if len(keys) >= 2:
         _plot_heatmap(done, keys[0], keys[1], metric, run_dir.search / "grid_heatmap.png")
-    _plot_curves(study, metric, run_dir.search / "validation_curves.png")
+    _plot_curves(study, run_dir.search / "validation_curves.png")
 
 
 def _plot_metric_vs_lr(rows, metric, path) -> None:
@@ -126,16 +126,18 @@ def _plot_heatmap(rows, x_key, y_key, metric, path) -> None:
     save_figure(figure, path)
 
 
-def _plot_curves(study: optuna.Study, metric: str, path) -> None:
+def _plot_curves(study: optuna.Study, path) -> None:
+    """The intermediate scores of every trial, in the measure they track (sign undone)."""
+    tracked = study.user_attrs.get("intermediate") or {"measure": study.user_attrs.get("metric", "value"), "sign": 1}
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for trial in study.get_trials(deepcopy=False):
         if trial.intermediate_values:
             steps = sorted(trial.intermediate_values)
             style = "-" if trial.state == TrialState.COMPLETE else ":"
-            axis.plot(steps, [trial.intermediate_values[s] for s in steps], style, marker=".",
+            axis.plot(steps, [tracked["sign"] * trial.intermediate_values[s] for s in steps], style, marker=".",
                       label=f"#{trial.number} {trial.state.name.lower()}")
     axis.set_xlabel("training examples seen")
-    axis.set_ylabel(f"validation {metric} (subset)")
+    axis.set_ylabel(f"validation {tracked['measure']} (subset)")
     axis.grid(alpha=0.3)
     if len(study.trials) <= 16:
         axis.legend(fontsize=7, ncol=2)

@@ -54,7 +54,6 @@ class IntermediateScores(TrainerCallback):
         self.next_report = (seen // self.every + 1) * self.every
         value = self.score(model)
         self.trial.report(value, seen)
-        self.trial.set_user_attr(f"curve_{seen:08d}", value)
         if self.trial.should_prune():
             self.pruned_at = seen
             control.should_training_stop = True
@@ -66,6 +65,14 @@ def report_interval(config: TunelabConfig, train_rows: int) -> int:
     batch = train.per_device_batch_size * train.gradient_accumulation_steps
     examples = train.max_steps * batch if train.max_steps > 0 else math.ceil(train_rows * train.epochs)
     return max(1, examples // config.search.reports_per_trial)
+
+
+def intermediate_measure(config: TunelabConfig, metric: str) -> tuple[str, float]:
+    """(what the intermediate scores measure, sign): reported values follow the study's direction,
+    so a loss tracked for an accuracy study is reported negated."""
+    if config.search.intermediate == "loss" and metric != "loss":
+        return "loss", -1.0
+    return metric, 1.0
 
 
 class Objective:
@@ -92,9 +99,10 @@ class Objective:
         shutil.rmtree(folder.root, ignore_errors=True)
         trial_config.output_dir = str(folder.root)
         subset = self.validation[: self.config.search.eval_examples]
+        measure, sign = intermediate_measure(self.config, self.metric)
         reporter = IntermediateScores(
             trial,
-            lambda model: score_examples(model, self.tokenizer, subset, self.labels, trial_config, self.metric),
+            lambda model: sign * score_examples(model, self.tokenizer, subset, self.labels, trial_config, measure),
             report_interval(self.config, self.train_rows),
             train.per_device_batch_size * train.gradient_accumulation_steps,
         )
@@ -227,6 +235,8 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     metric = resolve_metric(config.search.metric, has_labels)
     study = open_study(config, run_dir, metric)
     study.set_user_attr("metric", metric)
+    measure, sign = intermediate_measure(config, metric)
+    study.set_user_attr("intermediate", {"measure": measure, "sign": sign})
     _retry_dead_local_trials(study)
     objective = Objective(config, run_dir, metric)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
