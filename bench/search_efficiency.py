@@ -1,10 +1,12 @@
 """Exhaustive grid vs successive halving on the same grid: best metric found and training tokens spent.
 
 Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.csv] [--sample 0.1]
+                                         [--reports 9] [--eta 3]
 
 SmolLM2-135M-Instruct with LoRA on a kmeans sample of symptom2disease, a 12-configuration grid
 (learning rate × gradient accumulation × LoRA rank), scored by accuracy of generated answers on the
-validation split. Both strategies run in one invocation on the same prepared data; the numbers are
+validation split; halving cuts at each rung on validation answer loss (search.intermediate's
+default) and ranks finished trials on accuracy. Both strategies run in one invocation on the same prepared data; the numbers are
 the studies' own records (training tokens = non-padding tokens the trainer consumed).
 """
 
@@ -29,17 +31,17 @@ SPACE = {
 }
 
 
-def settings(csv: str, sample: float, strategy: str, folder: Path) -> TunelabConfig:
+def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
               "validation_size": 0.06},
         prepare={"sample": sample},
         model={"name_or_path": "smollm2-135m-instruct"},
-        train={"method": "lora", "per_device_batch_size": 8, "epochs": 2, "max_length": 256, "save_steps": 1000,
+        train={"method": "lora", "per_device_batch_size": 8, "epochs": 3, "max_length": 256, "save_steps": 1000,
                "logging_steps": 5},
         evaluate={"max_new_tokens": 12, "batch_size": 32},
         search={"space": SPACE, "strategy": strategy, "metric": "accuracy", "eval_examples": 24,
-                "reports_per_trial": 3, "reduction_factor": 3, "study_name": strategy},
+                "reports_per_trial": reports, "reduction_factor": eta, "study_name": strategy},
         output_dir=str(folder),
     )
 
@@ -47,11 +49,13 @@ def settings(csv: str, sample: float, strategy: str, folder: Path) -> TunelabCon
 def main() -> None:
     parser = parser_with_csv(__doc__)
     parser.add_argument("--sample", type=float, default=0.1)
+    parser.add_argument("--reports", type=int, default=9, help="intermediate scores per trial (rungs)")
+    parser.add_argument("--eta", type=int, default=3, help="halving keeps the best 1/eta at each rung")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for strategy in ("grid", "halving"):
-            config = settings(args.csv, args.sample, strategy, Path(folder))
+            config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta)
             run_dir = RunDir(folder)
             report = prepare_stage(config, run_dir)
             started = time.perf_counter()
