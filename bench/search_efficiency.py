@@ -6,8 +6,9 @@ Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.c
 SmolLM2-135M-Instruct with LoRA on a kmeans sample of symptom2disease, a 12-configuration grid
 (learning rate × gradient accumulation × LoRA rank), scored by accuracy of generated answers on the
 validation split; halving cuts at each rung on validation answer loss (search.intermediate's
-default) and ranks finished trials on accuracy. Both strategies run in one invocation on the same prepared data; the numbers are
-the studies' own records (training tokens = non-padding tokens the trainer consumed).
+default) and ranks finished trials on accuracy. Both strategies run in one invocation on the same
+prepared data; the numbers are the studies' own records (training tokens = non-padding tokens the
+trainer consumed). Each trial is listed: values, state, accuracy, tokens, where it stopped.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ SPACE = {
 }
 
 
-def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int) -> TunelabConfig:
+def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int,
+             validation: float) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
-              "validation_size": 0.06},
+              "validation_size": validation},
         prepare={"sample": sample},
         model={"name_or_path": "smollm2-135m-instruct"},
         train={"method": "lora", "per_device_batch_size": 8, "epochs": 3, "max_length": 256, "save_steps": 1000,
@@ -51,11 +53,13 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=0.1)
     parser.add_argument("--reports", type=int, default=9, help="intermediate scores per trial (rungs)")
     parser.add_argument("--eta", type=int, default=3, help="halving keeps the best 1/eta at each rung")
+    parser.add_argument("--validation", type=float, default=0.06, help="validation share (final ranking)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for strategy in ("grid", "halving"):
-            config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta)
+            config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta,
+                              args.validation)
             run_dir = RunDir(folder)
             report = prepare_stage(config, run_dir)
             started = time.perf_counter()
@@ -69,6 +73,11 @@ def main() -> None:
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "wall": time.perf_counter() - started,
             }
+            for trial in trials:
+                print(f"  {strategy} #{trial.number} {trial.state.name.lower():8s} {trial.params} "
+                      f"accuracy {trial.value if trial.value is not None else '-'} "
+                      f"tokens {trial.user_attrs.get('training_tokens', 0):,} "
+                      f"stopped at {trial.user_attrs.get('pruned_at_examples', 'end')} examples", flush=True)
             print(f"{strategy}: best validation accuracy {study.best_value:.4f} with {study.best_trial.params}; "
                   f"{results[strategy]['complete']} complete, {results[strategy]['pruned']} pruned; "
                   f"{results[strategy]['tokens']:,} training tokens; {results[strategy]['wall']:.0f} s", flush=True)
