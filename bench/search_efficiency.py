@@ -74,8 +74,9 @@ def main() -> None:
                 "wall": time.perf_counter() - started,
             }
             for trial in trials:
-                print(f"  {strategy} #{trial.number} {trial.state.name.lower():8s} {trial.params} "
-                      f"accuracy {trial.value if trial.value is not None else '-'} "
+                score = (f"accuracy {trial.value:.4f}" if trial.state == TrialState.COMPLETE else
+                         f"last intermediate {trial.value if trial.value is not None else '-'}")
+                print(f"  {strategy} #{trial.number} {trial.state.name.lower():8s} {trial.params} {score} "
                       f"tokens {trial.user_attrs.get('training_tokens', 0):,} "
                       f"stopped at {trial.user_attrs.get('pruned_at_examples', 'end')} examples", flush=True)
             print(f"{strategy}: best validation accuracy {study.best_value:.4f} with {study.best_trial.params}; "
