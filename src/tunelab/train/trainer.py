@@ -78,9 +78,11 @@ def store_frozen_linears_in_bf16(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
             for parameter in (module.weight, module.bias):
-                if parameter is not None:
+                if parameter is not None and parameter.dtype == torch.float32:
                     parameter.data = parameter.data.to(torch.bfloat16)
                     converted.add(id(parameter))
+    if not converted:  # already loaded in bf16 (GPU): nothing was mapped in fp32
+        return
     for tensor in [*model.parameters(), *model.buffers()]:
         if id(tensor) not in converted:
             tensor.data = tensor.data.clone()
@@ -318,7 +320,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     trainer.accelerator.wait_for_everyone()
     trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast around forward
-    upcast_frozen_linears(trained)
+    if pick_dtype(config.model) == torch.float32:  # a base loaded in bf16 (GPU) stays as the user set it
+        upcast_frozen_linears(trained)
     return TrainingOutcome(summary, trained, tokenizer)
 
 
