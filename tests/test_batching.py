@@ -118,6 +118,22 @@ def test_answer_only_head_loss_and_gradients_equal_the_full_head(lora_model, fea
                     loss_and_grads(lora_model, lambda b=batch: answer_only_loss(lora_model, b, torch.tensor(50))))
 
 
+def test_models_without_logits_to_keep_get_the_same_loss(tiny_model_dir, features, tiny_tokenizer):
+    """Remote-code models may lack `logits_to_keep`: the loss then comes from the full logits."""
+    from transformers import Qwen2ForCausalLM
+
+    class WithoutLogitsToKeep(Qwen2ForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=use_cache)
+
+    batch = BatchCollator(tiny_tokenizer.pad_token_id, 120)(features)
+    plain = WithoutLogitsToKeep.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        expected = full_head_loss(Qwen2ForCausalLM.from_pretrained(tiny_model_dir), batch)
+        assert torch.allclose(answer_only_loss(plain, batch), expected, atol=1e-5)
+
+
 def test_frozen_weights_stored_in_bf16_equal_autocasting_them(tiny_model_dir, features, tiny_tokenizer):
     """bf16 mixed precision rounds each frozen weight to bf16 for every matmul; storing it rounded is the same."""
     batch = BatchCollator(tiny_tokenizer.pad_token_id, 120)(features)

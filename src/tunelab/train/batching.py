@@ -10,6 +10,7 @@ the same cross-entropy over the same answer tokens, normalised the same way.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,14 @@ def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    """transformers' own causal LMs take `logits_to_keep`; some remote-code models do not (a bool mask
+    there gives flattened logits of the kept positions)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return "logits_to_keep" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
 def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of the answer tokens and their count, with the LM head applied at those
     positions only.
@@ -113,8 +122,11 @@ def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.T
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE_INDEX
-    forward = {key: value for key, value in model_inputs(inputs).items() if key != "labels"}
-    logits = model(**{"use_cache": False, **forward}, logits_to_keep=keep).logits
+    forward = {"use_cache": False, **{key: value for key, value in model_inputs(inputs).items() if key != "labels"}}
+    logits = model(**forward, logits_to_keep=keep).logits if _accepts_logits_to_keep(model) else model(
+        **forward).logits
+    if logits.dim() == 3:  # a model without `logits_to_keep` (or ignoring it): same loss from full logits
+        logits = logits[keep]
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                               targets[targets != IGNORE_INDEX], reduction="sum")
     return total, keep.sum()
