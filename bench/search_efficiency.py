@@ -1,7 +1,8 @@
 """Exhaustive grid vs successive halving on the same grid: best metric found and training tokens spent.
 
 Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.csv] [--sample 0.1]
-                                         [--reports 9] [--eta 3]
+                                         [--reports 9] [--eta 3] [--validation 0.06]
+                                         [--learning-rates 1e-4,3e-4,1e-3]
 
 SmolLM2-135M-Instruct with LoRA on a kmeans sample of symptom2disease, a 12-configuration grid
 (learning rate × gradient accumulation × LoRA rank), scored by accuracy of generated answers on the
@@ -33,7 +34,7 @@ SPACE = {
 
 
 def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int,
-             validation: float) -> TunelabConfig:
+             validation: float, learning_rates: list[float]) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
               "validation_size": validation},
@@ -42,7 +43,8 @@ def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int,
         train={"method": "lora", "per_device_batch_size": 8, "epochs": 3, "max_length": 256, "save_steps": 1000,
                "logging_steps": 5},
         evaluate={"max_new_tokens": 12, "batch_size": 32},
-        search={"space": SPACE, "strategy": strategy, "metric": "accuracy", "eval_examples": 24,
+        search={"space": {**SPACE, "train.learning_rate": learning_rates}, "strategy": strategy,
+                "metric": "accuracy", "eval_examples": 24,
                 "reports_per_trial": reports, "reduction_factor": eta, "study_name": strategy},
         output_dir=str(folder),
     )
@@ -54,12 +56,14 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=9, help="intermediate scores per trial (rungs)")
     parser.add_argument("--eta", type=int, default=3, help="halving keeps the best 1/eta at each rung")
     parser.add_argument("--validation", type=float, default=0.06, help="validation share (final ranking)")
+    parser.add_argument("--learning-rates", default=",".join(map(str, SPACE["train.learning_rate"])),
+                        help="comma-separated grid of learning rates (x 2 accumulations x 2 ranks)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for strategy in ("grid", "halving"):
             config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta,
-                              args.validation)
+                              args.validation, [float(v) for v in args.learning_rates.split(",")])
             run_dir = RunDir(folder)
             report = prepare_stage(config, run_dir)
             started = time.perf_counter()
