@@ -10,6 +10,7 @@ the same cross-entropy over the same answer tokens, normalised the same way.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,13 @@ def _accepts_logits_to_keep(model) -> bool:
     """transformers' own causal LMs take `logits_to_keep`; some remote-code models do not (a bool mask
     there gives flattened logits of the kept positions)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base).forward)
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(forward) -> bool:
+    """Per model class, not per training step: reading a signature is slow next to a cached lookup."""
+    parameters = inspect.signature(forward).parameters
     return "logits_to_keep" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
 
 
