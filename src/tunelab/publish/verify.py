@@ -19,8 +19,13 @@ from tunelab.rundir import RunDir, read_jsonl
 log = logging.getLogger(__name__)
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:  # streamed: merged weights can be several GB
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(folder)): _sha256(p)
             for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts}
 
 
