@@ -20,6 +20,12 @@ MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safete
 TOKENIZER_FILES = MODEL_FILES[5:]
 
 
+def _copy_present(names, source: Path, target: Path) -> None:
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
 def _pictures(run_dir: RunDir) -> list[Path]:
     candidates = [run_dir.model / "loss.png", *sorted(run_dir.eval.glob("confusion_*.png")),
                   run_dir.data / "clusters.png", run_dir.search / "metric_vs_lr.png"]
@@ -36,9 +42,7 @@ def _merged_weights(config: TunelabConfig, run_dir: RunDir, folder: Path) -> Non
     base = load_model(materialize(config.model), config.model.model_copy(update={"dtype": "float32"}))
     merged = PeftModel.from_pretrained(base, str(run_dir.model)).merge_and_unload()
     merged.to(torch.float32).save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (run_dir.model / name).is_file():
-            shutil.copy2(run_dir.model / name, folder / name)
+    _copy_present(TOKENIZER_FILES, run_dir.model, folder)
 
 
 def _point_adapter_at_base(config: TunelabConfig, folder: Path) -> None:
@@ -58,12 +62,9 @@ def build_folder(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: b
         if merged and config.train.method != "full":
             _merged_weights(config, run_dir, folder)
         else:
-            for name in MODEL_FILES:
-                if (run_dir.model / name).is_file():
-                    shutil.copy2(run_dir.model / name, folder / name)
+            _copy_present(MODEL_FILES, run_dir.model, folder)
             _point_adapter_at_base(config, folder)
-        if (run_dir.eval / "metrics.json").is_file():
-            shutil.copy2(run_dir.eval / "metrics.json", folder / "metrics.json")
+        _copy_present(["metrics.json"], run_dir.eval, folder)
         pictures = _pictures(run_dir)
         for picture in pictures:
             shutil.copy2(picture, folder / picture.name)
