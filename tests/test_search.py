@@ -9,13 +9,14 @@ import sys
 import optuna
 import pytest
 from optuna.trial import TrialState
+from transformers import TrainerControl, TrainerState
 
 from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
 from tunelab.data.prepare import prepare_stage
 from tunelab.rundir import RunDir
 from tunelab.search.results import write_results
-from tunelab.search.study import run_search
+from tunelab.search.study import IntermediateScores, run_search
 
 GRID = {"train.learning_rate": [1e-3, 1e-2], "train.lora.r": [4, 8]}
 
@@ -80,6 +81,26 @@ def test_an_accuracy_search_prunes_on_validation_loss(tmp_path, tiny_model_dir):
         if trial.state == TrialState.COMPLETE:
             assert 0.0 <= trial.value <= 1.0  # ranked on accuracy
     assert study.user_attrs["intermediate"] == {"measure": "loss", "sign": -1.0}
+
+
+def test_a_trial_that_trained_to_the_end_is_not_pruned_at_a_rung_on_its_last_step():
+    """Rungs can fall on the last step (here 4 reports, factor 2: rungs at 1, 2, 4): by then the tokens
+    are spent, so the trial finishes and is ranked on the metric instead of being thrown away."""
+    study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=8, reduction_factor=2))
+    leader = study.ask()
+    for seen, loss in ((8, 3.0), (16, 2.0), (32, 1.0)):
+        leader.report(loss, seen)
+        assert not leader.should_prune()  # the first trial is always promoted
+    study.tell(leader, 1.0)
+    follower = study.ask()  # better than the leader at the early rungs, worse at the end
+    losses = iter([2.5, 1.5, 1.2, 1.1])
+    reporter = IntermediateScores(follower, lambda model: next(losses), every_examples=8, effective_batch=8)
+    state, control = TrainerState(max_steps=4), TrainerControl()
+    for step in range(1, 5):
+        state.global_step = step
+        reporter.on_step_end(None, state, control)
+    assert reporter.pruned_at is None and not control.should_training_stop
+    assert follower.should_prune()  # the pruner would have cut it there
 
 
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):

@@ -38,7 +38,9 @@ class IntermediateScores(TrainerCallback):
     """Scores the model on validation rows a few times during training and reports to Optuna.
 
     Progress is counted in training examples seen (steps × effective batch), so trials with other
-    batch sizes meet at the same rungs. With a pruner, a trial that falls behind at a rung stops there.
+    batch sizes meet at the same rungs. With a pruner, a trial that falls behind at a rung stops there;
+    the pruner is not asked at the last step, where a rung may also fall: the tokens are spent by then,
+    and the finished trial is ranked on the search metric like every other.
     """
 
     def __init__(self, trial: optuna.Trial, score, every_examples: int, effective_batch: int):
@@ -54,7 +56,7 @@ class IntermediateScores(TrainerCallback):
         self.next_report = (seen // self.every + 1) * self.every
         value = self.score(model)
         self.trial.report(value, seen)
-        if self.trial.should_prune():
+        if state.global_step != state.max_steps and self.trial.should_prune():
             self.pruned_at = seen
             control.should_training_stop = True
 
