@@ -52,18 +52,26 @@ class RunDir:
         return self.data / f"{name}.jsonl"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[int]:
+    """A file descriptor to write `path` through: a temporary file of its own beside `path`, renamed over
+    it when the block ends, deleted if the block fails. Readers never see a half-written file, and
+    several processes writing the same file (workers of one search) never share a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield fd
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with replaced_atomically(path) as fd, os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json(path: Path, payload: Any) -> None:

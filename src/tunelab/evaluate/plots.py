@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tunelab.rundir import replaced_atomically  # noqa: E402
+
 
 def save_figure(figure, path: Path) -> None:
     """Write the PNG under a temporary name and rename it, like every run-directory artifact."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
+    with replaced_atomically(path) as fd, os.fdopen(fd, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
-    tmp.replace(path)
 
 
 def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
