@@ -34,7 +34,7 @@ SPACE = {
 
 
 def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int,
-             validation: float, learning_rates: list[float]) -> TunelabConfig:
+             validation: float, learning_rates: list[float], eval_examples: int) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
               "validation_size": validation},
@@ -44,7 +44,7 @@ def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int,
                "logging_steps": 5},
         evaluate={"max_new_tokens": 12, "batch_size": 32},
         search={"space": {**SPACE, "train.learning_rate": learning_rates}, "strategy": strategy,
-                "metric": "accuracy", "eval_examples": 24,
+                "metric": "accuracy", "eval_examples": eval_examples,
                 "reports_per_trial": reports, "reduction_factor": eta, "study_name": strategy},
         output_dir=str(folder),
     )
@@ -58,12 +58,14 @@ def main() -> None:
     parser.add_argument("--validation", type=float, default=0.06, help="validation share (final ranking)")
     parser.add_argument("--learning-rates", default=",".join(map(str, SPACE["train.learning_rate"])),
                         help="comma-separated grid of learning rates (x 2 accumulations x 2 ranks)")
+    parser.add_argument("--eval-examples", type=int, default=64,
+                        help="validation rows behind each intermediate score (the halving rungs)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for strategy in ("grid", "halving"):
             config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta,
-                              args.validation, [float(v) for v in args.learning_rates.split(",")])
+                              args.validation, [float(v) for v in args.learning_rates.split(",")], args.eval_examples)
             run_dir = RunDir(folder)
             report = prepare_stage(config, run_dir)
             started = time.perf_counter()
@@ -76,6 +78,7 @@ def main() -> None:
                 "complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "wall": time.perf_counter() - started,
+                "scores": [(t.params, t.value) for t in trials if t.state == TrialState.COMPLETE],
             }
             for trial in trials:
                 score = (f"accuracy {trial.value:.4f}" if trial.state == TrialState.COMPLETE else
@@ -87,6 +90,12 @@ def main() -> None:
                   f"{results[strategy]['complete']} complete, {results[strategy]['pruned']} pruned; "
                   f"{results[strategy]['tokens']:,} training tokens; {results[strategy]['wall']:.0f} s", flush=True)
     grid, halving = results["grid"], results["halving"]
+    grid_scores = {tuple(sorted(params.items())): value for params, value in grid["scores"]}
+    for params, value in halving["scores"]:
+        in_grid = grid_scores[tuple(sorted(params.items()))]
+        print(f"  halving finished {params}: accuracy {value:.4f}; the same values in the grid: {in_grid:.4f}"
+              f"{'' if abs(value - in_grid) < 1e-9 else ' (training is not reproducible here)'}; "
+              f"rank in the grid {1 + sum(v > in_grid for v in grid_scores.values())} of {len(grid_scores)}")
     print(f"data: {report['sizes']} (train is a kmeans sample of {report['counts']['train_pool']} rows)")
     print(f"halving vs grid: best accuracy {halving['best'] - grid['best']:+.4f} "
           f"(goal: within 0.01), tokens x{halving['tokens'] / grid['tokens']:.2f} (goal: <= 0.33), "

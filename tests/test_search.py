@@ -60,12 +60,15 @@ def test_grid_runs_every_combination_and_exports_the_best(tmp_path, tiny_model_d
 def test_halving_prunes_trials_and_saves_tokens(tmp_path, tiny_model_dir):
     space = {"train.learning_rate": [1e-2, 2e-2, 3e-2, 1e-6, 3e-6, 1e-5]}  # strong first: weak ones get cut
     _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space, strategy="halving",
-                                    reduction_factor=2, reports_per_trial=3), "train.max_steps=12")
+                                    reduction_factor=2, rungs=2, reports_per_trial=3), "train.max_steps=12")
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert pruned and complete and len(pruned) + len(complete) == 6
     assert max(t.user_attrs["training_tokens"] for t in pruned) < min(
         t.user_attrs["training_tokens"] for t in complete)
+    # rungs after 1/4 and 1/2 of training (3 and 6 of 12 units), curve points every third
+    assert {step for t in pruned for step in t.intermediate_values} <= {3, 4, 6}
+    assert sorted(complete[0].intermediate_values) == [3, 4, 6, 8, 12]
     assert study.best_trial.params["train.learning_rate"] >= 1e-2
 
 
@@ -80,25 +83,27 @@ def test_an_accuracy_search_prunes_on_validation_loss(tmp_path, tiny_model_dir):
         assert all(value < 0 for value in trial.intermediate_values.values())  # negated losses
         if trial.state == TrialState.COMPLETE:
             assert 0.0 <= trial.value <= 1.0  # ranked on accuracy
-    assert study.user_attrs["intermediate"] == {"measure": "loss", "sign": -1.0}
+    assert study.user_attrs["intermediate"] == {"measure": "loss", "sign": -1.0, "units": 24}
 
 
 def test_a_trial_that_trained_to_the_end_is_not_pruned_at_a_rung_on_its_last_step():
-    """Rungs can fall on the last step (here 4 reports, factor 2: rungs at 1, 2, 4): by then the tokens
-    are spent, so the trial finishes and is ranked on the metric instead of being thrown away."""
-    study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=8, reduction_factor=2))
+    """Halving's last rung is the end of training: by then the tokens are spent, so the trial finishes
+    and is ranked on the metric instead of being thrown away."""
+    study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
     leader = study.ask()
-    for seen, loss in ((8, 3.0), (16, 2.0), (32, 1.0)):
-        leader.report(loss, seen)
+    for point, loss in ((1, 3.0), (2, 2.0), (4, 1.0)):
+        leader.report(loss, point)
         assert not leader.should_prune()  # the first trial is always promoted
     study.tell(leader, 1.0)
     follower = study.ask()  # better than the leader at the early rungs, worse at the end
     losses = iter([2.5, 1.5, 1.2, 1.1])
-    reporter = IntermediateScores(follower, lambda model: next(losses), every_examples=8, effective_batch=8)
-    state, control = TrainerState(max_steps=4), TrainerControl()
-    for step in range(1, 5):
+    reporter = IntermediateScores(follower, lambda model: next(losses), points=[1, 2, 3, 4], units=4,
+                                  effective_batch=8)
+    state, control = TrainerState(max_steps=8), TrainerControl()
+    for step in range(1, 9):
         state.global_step = step
         reporter.on_step_end(None, state, control)
+    assert sorted(follower.storage.get_trial(follower._trial_id).intermediate_values) == [1, 2, 3, 4]
     assert reporter.pruned_at is None and not control.should_training_stop
     assert follower.should_prune()  # the pruner would have cut it there
 

@@ -188,8 +188,12 @@ class SearchConfig(Section):
     storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///RUN_DIR/search/study.db.")
     study_name: str = "tunelab"
     eval_examples: int | None = Field(64, gt=0, description="Validation rows scored at each intermediate report.")
-    reports_per_trial: int = Field(4, gt=0, description="Intermediate validation scores per trial (halving rungs).")
+    reports_per_trial: int = Field(9, gt=0, description="Evenly spaced intermediate validation scores per trial "
+                                   "(the validation curves).")
     reduction_factor: int = Field(3, gt=1, description="Halving keeps the best 1/reduction_factor at each rung.")
+    rungs: int = Field(3, gt=0, description="Halving compares trials after 1/η^rungs, …, 1/η of their training "
+                       "(η = reduction_factor; 3 and 3: after 1/27, 1/9 and 1/3); a trial that reached the end "
+                       "is never pruned.")
     intermediate: Literal["loss", "metric"] = Field(
         "loss", description="What the intermediate scores (halving rungs, validation curves) measure: validation "
         "answer loss (cheap, and it separates configs early, when accuracy is still 0 for all and ties promote "

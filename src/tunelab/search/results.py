@@ -128,15 +128,16 @@ def _plot_heatmap(rows, x_key, y_key, metric, path) -> None:
 
 def _plot_curves(study: optuna.Study, path) -> None:
     """The intermediate scores of every trial, in the measure they track (sign undone)."""
-    tracked = study.user_attrs.get("intermediate") or {"measure": study.user_attrs.get("metric", "value"), "sign": 1}
+    tracked = study.user_attrs["intermediate"]  # set by run_search: what was measured, its sign, progress units
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for trial in study.get_trials(deepcopy=False):
         if trial.intermediate_values:
             steps = sorted(trial.intermediate_values)
             style = "-" if trial.state == TrialState.COMPLETE else ":"
-            axis.plot(steps, [tracked["sign"] * trial.intermediate_values[s] for s in steps], style, marker=".",
+            axis.plot([s / tracked["units"] for s in steps],
+                      [tracked["sign"] * trial.intermediate_values[s] for s in steps], style, marker=".",
                       label=f"#{trial.number} {trial.state.name.lower()}")
-    axis.set_xlabel("training examples seen")
+    axis.set_xlabel("share of training done")
     axis.set_ylabel(f"validation {tracked['measure']} (subset)")
     axis.grid(alpha=0.3)
     if len(study.trials) <= 16:

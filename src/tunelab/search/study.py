@@ -35,38 +35,43 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class IntermediateScores(TrainerCallback):
-    """Scores the model on validation rows a few times during training and reports to Optuna.
+    """Scores the model on validation rows at set points of its training and reports them to Optuna.
 
-    Progress is counted in training examples seen (steps × effective batch), so trials with other
-    batch sizes meet at the same rungs. With a pruner, a trial that falls behind at a rung stops there;
-    the pruner is not asked at the last step, where a rung may also fall: the tokens are spent by then,
-    and the finished trial is ranked on the search metric like every other.
+    Progress is counted in `units` per training run (the share of its optimizer steps), so trials with
+    other batch sizes or lengths meet at the same rungs. With a pruner, a trial that falls behind at a
+    rung stops there; the pruner is not asked at the last step: the tokens are spent by then, and the
+    finished trial is ranked on the search metric like every other.
     """
 
-    def __init__(self, trial: optuna.Trial, score, every_examples: int, effective_batch: int):
+    def __init__(self, trial: optuna.Trial, score, points: list[int], units: int, effective_batch: int):
         self.trial, self.score = trial, score
-        self.every, self.batch = every_examples, effective_batch
-        self.next_report = every_examples
+        self.pending, self.units, self.batch = sorted(points), units, effective_batch
         self.pruned_at: int | None = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        seen = state.global_step * self.batch
-        if seen < self.next_report and state.global_step != state.max_steps:
+        done = state.global_step * self.units / state.max_steps
+        due = [point for point in self.pending if point <= done + 1e-9]
+        if not due:
             return
-        self.next_report = (seen // self.every + 1) * self.every
-        value = self.score(model)
-        self.trial.report(value, seen)
-        if state.global_step != state.max_steps and self.trial.should_prune():
-            self.pruned_at = seen
+        self.pending = self.pending[len(due):]
+        self.trial.report(self.score(model), due[-1])  # the pruner checks every rung up to that point
+        if state.global_step < state.max_steps and self.trial.should_prune():
+            self.pruned_at = state.global_step * self.batch
             control.should_training_stop = True
 
 
-def report_interval(config: TunelabConfig, train_rows: int) -> int:
-    """Training examples between two intermediate scores (also the first halving rung)."""
-    train = config.train
-    batch = train.per_device_batch_size * train.gradient_accumulation_steps
-    examples = train.max_steps * batch if train.max_steps > 0 else math.ceil(train_rows * train.epochs)
-    return max(1, examples // config.search.reports_per_trial)
+def progress_plan(config: TunelabConfig) -> tuple[int, list[int]]:
+    """(progress units per trial, the points where a trial is scored).
+
+    The scores of the validation curves are evenly spaced (`reports_per_trial`); halving's rungs fall
+    at 1/η^rungs, …, 1/η of training: with `reports_per_trial` units per first rung, the pruner's
+    min_resource, both sets are whole numbers of units.
+    """
+    search = config.search
+    units = search.reports_per_trial * search.reduction_factor ** search.rungs
+    curve = [k * units // search.reports_per_trial for k in range(1, search.reports_per_trial + 1)]
+    rungs = [search.reports_per_trial * search.reduction_factor ** j for j in range(search.rungs)]
+    return units, sorted(set(curve) | set(rungs))
 
 
 def intermediate_measure(config: TunelabConfig, metric: str) -> tuple[str, float]:
@@ -84,7 +89,6 @@ class Objective:
         self.config, self.run_dir, self.metric = config, run_dir, metric
         self.validation = read_jsonl(run_dir.split("validation"))
         train = read_jsonl(run_dir.split("train"))
-        self.train_rows = len(train)
         labels = {e["label"] for e in train + self.validation if "label" in e}
         self.labels = sorted(labels) or None
         self.tokenizer = _tokenizer_for(config)
@@ -102,11 +106,11 @@ class Objective:
         trial_config.output_dir = str(folder.root)
         subset = self.validation[: self.config.search.eval_examples]
         measure, sign = intermediate_measure(self.config, self.metric)
+        units, points = progress_plan(self.config)
         reporter = IntermediateScores(
             trial,
             lambda model: sign * score_examples(model, self.tokenizer, subset, self.labels, trial_config, measure),
-            report_interval(self.config, self.train_rows),
-            train.per_device_batch_size * train.gradient_accumulation_steps,
+            points, units, train.per_device_batch_size * train.gradient_accumulation_steps,
         )
         started = time.perf_counter()
         log.info("trial %d: %s", trial.number, ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in values.items()))
@@ -182,9 +186,8 @@ def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.St
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=config.seed)
     else:
         sampler = optuna.samplers.GridSampler({k: list(v) for k, v in search.space.items()}, seed=config.seed)
-    train_rows = len(read_jsonl(run_dir.split("train")))
     pruner = (
-        optuna.pruners.SuccessiveHalvingPruner(min_resource=report_interval(config, train_rows),
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=search.reports_per_trial,
                                                reduction_factor=search.reduction_factor)
         if search.strategy == "halving" else optuna.pruners.NopPruner()
     )
@@ -238,7 +241,7 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     study = open_study(config, run_dir, metric)
     study.set_user_attr("metric", metric)
     measure, sign = intermediate_measure(config, metric)
-    study.set_user_attr("intermediate", {"measure": measure, "sign": sign})
+    study.set_user_attr("intermediate", {"measure": measure, "sign": sign, "units": progress_plan(config)[0]})
     _retry_dead_local_trials(study)
     objective = Objective(config, run_dir, metric)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
