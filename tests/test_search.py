@@ -15,6 +15,7 @@ from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
 from tunelab.data.prepare import prepare_stage
 from tunelab.rundir import RunDir
+from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.results import write_results
 from tunelab.search.study import IntermediateScores, run_search
 
@@ -106,6 +107,24 @@ def test_a_trial_that_trained_to_the_end_is_not_pruned_at_a_rung_on_its_last_ste
     assert sorted(follower.storage.get_trial(follower._trial_id).intermediate_values) == [1, 2, 3, 4]
     assert reporter.pruned_at is None and not control.should_training_stop
     assert follower.should_prune()  # the pruner would have cut it there
+
+
+@pytest.mark.parametrize("margin, twin_goes_on", [(0.01, True), (0.0, False)])
+def test_halving_lets_a_near_tie_through_and_cuts_the_clearly_worse(margin, twin_goes_on):
+    """Negated losses as an accuracy search reports them: a trial 0.5% behind the leader at a rung is a
+    coin flip on a validation subset, one 20% behind is not."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=NearTieHalvingPruner(min_resource=1, reduction_factor=2, margin=margin))
+
+    def first_rung(loss: float) -> bool:
+        trial = study.ask()
+        trial.report(-loss, 1)
+        return trial.should_prune()
+
+    assert not first_rung(1.0)  # the first trial is always promoted
+    assert first_rung(1.005) is not twin_goes_on
+    assert first_rung(1.2)
+    assert first_rung(float("nan"))
 
 
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):

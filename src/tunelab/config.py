@@ -194,6 +194,9 @@ class SearchConfig(Section):
     rungs: int = Field(3, gt=0, description="Halving compares trials after 1/η^rungs, …, 1/η of their training "
                        "(η = reduction_factor; 3 and 3: after 1/27, 1/9 and 1/3); a trial that reached the end "
                        "is never pruned.")
+    tie_margin: float = Field(0.01, ge=0, description="Halving also promotes a trial whose rung score is within "
+                              "this share of the score it had to reach (near-ties on a validation subset are noise); "
+                              "0: Optuna's plain rule.")
     intermediate: Literal["loss", "metric"] = Field(
         "loss", description="What the intermediate scores (halving rungs, validation curves) measure: validation "
         "answer loss (cheap, and it separates configs early, when accuracy is still 0 for all and ties promote "

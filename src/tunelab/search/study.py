@@ -25,6 +25,7 @@ from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
 from tunelab.evaluate.runner import resolve_metric, score_examples
 from tunelab.rundir import RunDir, read_jsonl
+from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values
 from tunelab.train.trainer import TrainingDiverged, run_training
 
@@ -187,8 +188,8 @@ def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.St
     else:
         sampler = optuna.samplers.GridSampler({k: list(v) for k, v in search.space.items()}, seed=config.seed)
     pruner = (
-        optuna.pruners.SuccessiveHalvingPruner(min_resource=search.reports_per_trial,
-                                               reduction_factor=search.reduction_factor)
+        NearTieHalvingPruner(min_resource=search.reports_per_trial, reduction_factor=search.reduction_factor,
+                             margin=search.tie_margin)
         if search.strategy == "halving" else optuna.pruners.NopPruner()
     )
     return optuna.create_study(
