@@ -110,21 +110,27 @@ def test_a_trial_that_trained_to_the_end_is_not_pruned_at_a_rung_on_its_last_ste
 
 
 @pytest.mark.parametrize("margin, twin_goes_on", [(0.01, True), (0.0, False)])
-def test_halving_lets_a_near_tie_through_and_cuts_the_clearly_worse(margin, twin_goes_on):
+def test_halving_lets_a_near_tie_with_the_leader_through_and_cuts_the_rest(margin, twin_goes_on):
     """Negated losses as an accuracy search reports them: a trial 0.5% behind the leader at a rung is a
-    coin flip on a validation subset, one 20% behind is not."""
-    study = optuna.create_study(direction="maximize",
-                                pruner=NearTieHalvingPruner(min_resource=1, reduction_factor=2, margin=margin))
+    coin flip on a validation subset; one 20% behind is not, even when tied with Optuna's bar."""
 
-    def first_rung(loss: float) -> bool:
+    def new_study():
+        return optuna.create_study(direction="maximize",
+                                   pruner=NearTieHalvingPruner(min_resource=1, reduction_factor=2, margin=margin))
+
+    def first_rung(study, loss: float) -> bool:
         trial = study.ask()
         trial.report(-loss, 1)
         return trial.should_prune()
 
-    assert not first_rung(1.0)  # the first trial is always promoted
-    assert first_rung(1.005) is not twin_goes_on
-    assert first_rung(1.2)
-    assert first_rung(float("nan"))
+    study = new_study()
+    assert not first_rung(study, 1.0)  # the first trial is always promoted
+    assert first_rung(study, 1.005) is not twin_goes_on
+    assert first_rung(study, 1.2)
+    assert first_rung(study, float("nan"))
+    study = new_study()
+    assert [first_rung(study, loss) for loss in (1.0, 1.2, 1.3)] == [False, True, True]
+    assert first_rung(study, 1.2001)  # the bar is now 1.2 (the second of four); the leader is far
 
 
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):
