@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal's width
 )
 console = Console(stderr=True)
 
@@ -215,7 +216,10 @@ def search(
     """Find the best training settings on the validation split (Optuna).
 
     Every trial trains a fresh model from the base with one combination of `search.space` and is
-    scored on validation (never on test). Interrupt and re-run: finished trials are kept. Run the same
+    scored on validation (never on test). `--strategy halving` runs the same grid but stops trials
+    whose validation loss falls behind after 1/27, 1/9 or 1/3 of their training (about a third of the
+    grid's training tokens; search.rungs, search.reduction_factor, search.tie_margin).
+    Interrupt and re-run: finished trials are kept. Run the same
     command in several terminals or machines with one --storage to share the work. Writes
     RUN_DIR/search/: study.db, trials.csv, best.yaml (train it with `tunelab train best.yaml`), plots.
     """
@@ -328,9 +332,9 @@ def generate(
     top_k: Annotated[int | None, typer.Option(help="sampling: top-k")] = None,
     top_p: Annotated[float | None, typer.Option(help="sampling: nucleus top-p")] = None,
     num_beams: Annotated[int | None, typer.Option(help="beam search width")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages repetition")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="above 1 discourages repetition")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="answer budget in tokens")] = None,
-    show_thinking: Annotated[bool, typer.Option(help="Keep the <think>…</think> block of reasoning models.")] = False,
+    show_thinking: Annotated[bool, typer.Option(help="Keep the `<think>…</think>` block of reasoning models.")] = False,
     base: Annotated[bool, typer.Option(help="Ask the base model instead of the tuned one.")] = False,
 ):
     """Ask the fine-tuned model, with the run's system prompt and chat template.
