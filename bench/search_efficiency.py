@@ -2,7 +2,8 @@
 
 Usage: python bench/search_efficiency.py [--csv ../shared/data/symptom2disease.csv] [--sample 0.3]
                                          [--validation 0.15] [--eta 3] [--rungs 3] [--reports 9]
-                                         [--learning-rates 1e-4,3e-4,1e-3] [--strategies grid,halving]
+                                         [--tie-margin 0.01] [--learning-rates 1e-4,3e-4,1e-3]
+                                         [--strategies grid,halving]
 
 SmolLM2-135M-Instruct with LoRA on a kmeans sample of symptom2disease, a 12-configuration grid
 (learning rate × gradient accumulation × LoRA rank), scored by accuracy of generated answers on the
@@ -35,7 +36,7 @@ SPACE = {
 
 
 def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int, eta: int, rungs: int,
-             validation: float, learning_rates: list[float], eval_examples: int) -> TunelabConfig:
+             tie_margin: float, validation: float, learning_rates: list[float], eval_examples: int) -> TunelabConfig:
     return TunelabConfig(
         data={"source": csv, "input_column": "text", "label_column": "label", "system_prompt": "Name the diagnosis.",
               "validation_size": validation},
@@ -46,7 +47,8 @@ def settings(csv: str, sample: float, strategy: str, folder: Path, reports: int,
         evaluate={"max_new_tokens": 12, "batch_size": 32},
         search={"space": {**SPACE, "train.learning_rate": learning_rates}, "strategy": strategy,
                 "metric": "accuracy", "eval_examples": eval_examples,
-                "reports_per_trial": reports, "reduction_factor": eta, "rungs": rungs, "study_name": strategy},
+                "reports_per_trial": reports, "reduction_factor": eta, "rungs": rungs, "tie_margin": tie_margin,
+                "study_name": strategy},
         output_dir=str(folder),
     )
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--validation", type=float, default=0.15, help="validation share (final ranking)")
     parser.add_argument("--eta", type=int, default=3, help="halving keeps the best 1/eta at each rung")
     parser.add_argument("--rungs", type=int, default=3, help="halving compares after 1/eta^rungs, ..., 1/eta")
+    parser.add_argument("--tie-margin", type=float, default=0.01, help="halving's near-tie rule (0: Optuna's)")
     parser.add_argument("--reports", type=int, default=9, help="evenly spaced intermediate scores per trial")
     parser.add_argument("--learning-rates", default=",".join(map(str, SPACE["train.learning_rate"])),
                         help="comma-separated grid of learning rates (x 2 accumulations x 2 ranks)")
@@ -68,7 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for strategy in args.strategies.split(","):
             config = settings(args.csv, args.sample, strategy, Path(folder), args.reports, args.eta, args.rungs,
-                              args.validation, [float(v) for v in args.learning_rates.split(",")], args.eval_examples)
+                              args.tie_margin, args.validation, [float(v) for v in args.learning_rates.split(",")],
+                              args.eval_examples)
             run_dir = RunDir(folder)
             report = prepare_stage(config, run_dir)
             started = time.perf_counter()
