@@ -195,8 +195,8 @@ class SearchConfig(Section):
                        "(η = reduction_factor; 3 and 3: after 1/27, 1/9 and 1/3); a trial that reached the end "
                        "is never pruned.")
     tie_margin: float = Field(0.01, ge=0, description="Halving also promotes a trial whose rung score is within "
-                              "this share of the score it had to reach (near-ties on a validation subset are noise); "
-                              "0: Optuna's plain rule.")
+                              "this share of the best score at that rung (near-ties with the leader on a validation "
+                              "subset are noise); 0: Optuna's plain rule.")
     intermediate: Literal["loss", "metric"] = Field(
         "loss", description="What the intermediate scores (halving rungs, validation curves) measure: validation "
         "answer loss (cheap, and it separates configs early, when accuracy is still 0 for all and ties promote "
