@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import optuna
+from optuna.pruners._successive_halving import _completed_rung_key, _get_current_rung
 from optuna.study import StudyDirection
 
 
@@ -30,14 +31,8 @@ class NearTieHalvingPruner(optuna.pruners.BasePruner):
         value = trial.intermediate_values[trial.last_step]
         if math.isnan(value) or self.margin <= 0:
             return True
-        rung = _last_rung(study._storage.get_trial(trial._trial_id).system_attrs)  # the rung just scored
+        scored = study._storage.get_trial(trial._trial_id)  # holds the rung Optuna has just recorded
+        rung = _completed_rung_key(_get_current_rung(scored) - 1)
         scores = [t.system_attrs[rung] for t in study.get_trials(deepcopy=False) if rung in t.system_attrs]
         best = max(scores) if study.direction == StudyDirection.MAXIMIZE else min(scores)
         return abs(value - best) > self.margin * abs(best)
-
-
-def _last_rung(system_attrs: dict) -> str:
-    rung = 0
-    while f"completed_rung_{rung + 1}" in system_attrs:
-        rung += 1
-    return f"completed_rung_{rung}"
