@@ -20,7 +20,7 @@ import numpy as np
 
 from tunelab.config import TunelabConfig
 from tunelab.data.cluster import cluster
-from tunelab.data.dedup import near_duplicate_groups
+from tunelab.data.dedup import find_near_duplicates
 from tunelab.data.prepare import build_splits
 from tunelab.data.sample import kmeans_sample
 from tunelab.examples.symptoms import write_csv
@@ -75,9 +75,9 @@ def vectors_pipeline(count: int) -> None:
     labels = [f"label-{c % 12}" for c in truth.tolist()]
     timings = {}
     started = time.perf_counter()
-    keeper = near_duplicate_groups(vectors, 0.02, seed=0)
+    removed = [row for row, _, _ in find_near_duplicates(vectors, 0.02, seed=0).removed]
     timings["near-dedup"] = time.perf_counter() - started
-    kept = np.flatnonzero(keeper == np.arange(count))
+    kept = np.setdiff1d(np.arange(count), removed)
     vectors, labels = vectors[kept], [labels[i] for i in kept]
     started = time.perf_counter()
     found = cluster(vectors, "auto", alpha=1e-4, min_size=8, k_max=64, pca_dims=32, seed=0)

@@ -1,7 +1,6 @@
 """The prepare stage: G-means K, near-duplicates, leakage-free splits, representative samples."""
 
 import random
-import re
 
 import numpy as np
 import pandas as pd
@@ -9,9 +8,10 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from conftest import SHARED_CSV, make_label_rows, write_config, write_csv
+from near_copies import edit_like_a_user
 from tunelab.config import TunelabConfig, load_config
 from tunelab.data.cluster import anderson_darling_pvalue, cluster
-from tunelab.data.dedup import near_duplicate_groups
+from tunelab.data.dedup import allowed_word_edits, find_near_duplicates, is_near_copy
 from tunelab.data.prepare import build_splits, prepare_stage
 from tunelab.data.sample import allocate, kmeans_sample
 from tunelab.data.vectorize import tfidf_vectors, vectorize
@@ -37,44 +37,30 @@ def test_anderson_darling_separates_one_gaussian_from_two():
     assert anderson_darling_pvalue(np.concatenate([rng.normal(-3, 1, 200), rng.normal(3, 1, 200)])) < 1e-4
 
 
-def _edit(text: str, rng: random.Random) -> str:
-    """A near-duplicate as users make them: a word replaced or dropped, a typo, or clauses reordered."""
-    kind = rng.choice(["replace", "delete", "typo", "reorder"])
-    parts = [p for p in re.split(r"(?<=[.,])\s+", text) if p]
-    if kind == "reorder" and len(parts) >= 2:
-        i, j = rng.sample(range(len(parts)), 2)
-        parts[i], parts[j] = parts[j], parts[i]
-        return " ".join(parts)
-    words = text.split()
-    i = rng.randrange(len(words))
-    if kind == "delete":
-        del words[i]
-    elif kind == "typo":
-        words[i] = words[i][:-1] if len(words[i]) > 3 else words[i] + "s"
-    else:
-        words[i] = rng.choice(["really", "very", "quite", "also", "often"])
-    return " ".join(words)
+def _removed(texts: list[str], word_share: float | None = 0.2) -> dict[int, int]:
+    """Removed row -> the row it copies, as prepare decides with its defaults (TF-IDF, 0.02, words)."""
+    found = find_near_duplicates(tfidf_vectors(texts, 128, 0), 0.02, texts=texts, word_share=word_share)
+    return {row: kept for row, kept, _ in found.removed}
 
 
 @pytest.mark.skipif(not SHARED_CSV.exists(), reason="needs ../shared/data/symptom2disease.csv")
 def test_injected_near_duplicates_are_found_with_high_recall_and_precision():
     texts = list(dict.fromkeys(pd.read_csv(SHARED_CSV)["text"]))
-    keeper = near_duplicate_groups(tfidf_vectors(texts, 128, 0), 0.02)
-    base = [text for index, text in enumerate(texts) if keeper[index] == index]
+    already = _removed(texts)
+    base = [text for index, text in enumerate(texts) if index not in already]
     rng = random.Random(0)
     sources = rng.sample(range(len(base)), 100)
-    corpus = base + [_edit(base[s], rng) for s in sources]
-    keeper = near_duplicate_groups(tfidf_vectors(corpus, 128, 0), 0.02)
-    flagged = [i for i in range(len(corpus)) if keeper[i] != i]
-    found = [i for i in flagged if i >= len(base) and keeper[i] == sources[i - len(base)]]
+    corpus = base + [edit_like_a_user(base[s], rng) for s in sources]
+    removed = _removed(corpus)
+    found = [i for i, kept in removed.items() if i >= len(base) and kept == sources[i - len(base)]]
     assert len(found) / 100 >= 0.9
-    assert len(found) / len(flagged) >= 0.95
+    assert len(found) / len(removed) >= 0.95
 
 
 def _symptom_rows_with_near_duplicates(count: int = 30):
     rows = make_label_rows(per_label=40, seed=3)
     rng = random.Random(5)
-    twins = [{"text": _edit(row["text"], rng), "label": row["label"]} for row in rows[:count]]
+    twins = [{"text": edit_like_a_user(row["text"], rng), "label": row["label"]} for row in rows[:count]]
     return rows + twins, list(zip([r["text"] for r in rows[:count]], [t["text"] for t in twins], strict=True))
 
 
@@ -95,8 +81,9 @@ def test_no_near_duplicate_group_straddles_two_splits(tmp_path):
     vector_of = dict(zip(distinct, np.load(cached), strict=True))
     vectors = np.stack([vector_of[e["messages"][-2]["content"]] for _, e in kept])
     names = np.array([name for name, _ in kept])
-    similarity = vectors @ vectors.T
-    assert similarity[names[:, None] != names[None, :]].max() < 1 - threshold
+    texts = [e["messages"][-2]["content"] for _, e in kept]
+    near = np.argwhere((vectors @ vectors.T >= 1 - threshold) & (names[:, None] != names[None, :]))
+    assert not [(i, j) for i, j in near if is_near_copy(texts[i], texts[j], 0.2)]
 
 
 def test_kmeans_sample_keeps_every_label_and_same_seed_gives_identical_files(tmp_path, tiny_model_dir):
@@ -153,3 +140,96 @@ def test_within_cluster_choices_pick_central_or_spread_rows():
 
     spread_random = np.mean([spread(kmeans_sample(labels, clusters, space, 10, 1, "random", seed=s)) for s in range(5)])
     assert spread(kmeans_sample(labels, clusters, space, 10, 1, "k-center", seed=0)) > 2 * spread_random
+
+
+# Short requests in the style of CLINC150: pairs a 128-d TF-IDF puts within 0.02 of each other.
+CARD_ROWS = [  # (text, label)
+    ("how do i freeze my account?", "freeze_account"),
+    ("How do I freeze my account", "deactivate_account"),  # same words, other label: a conflict
+    ("how do you convert inches to centimeters", "unit_conversion"),
+    ("how do you convert kilos to pounds", "unit_conversion"),  # one of six words differs: distinct
+    ("i really need you to find me a hotel with good reviews in phoenix", "book_hotel"),
+    ("i need you to find me a hotel with good reviews in phoenix", "book_hotel"),  # one of 14: a copy
+]
+
+
+def _short_text_config(tmp_path, rows, test_rows=None, **prepare):
+    data = {"source": str(write_csv(tmp_path / "d.csv", [{"text": t, "label": a} for t, a in rows])),
+            "input_column": "text", "label_column": "label", "test_size": 0.25}
+    if test_rows:
+        data["test_file"] = str(write_csv(tmp_path / "t.csv", [{"text": t, "label": a} for t, a in test_rows]))
+    # A loose vector threshold makes every pair above a candidate: the word check and the labels decide.
+    return TunelabConfig(data=data, prepare={"dedup_threshold": 0.9, "k": 2, **prepare})
+
+
+def _filler_rows():
+    return [(row["text"], row["label"]) for row in make_label_rows(per_label=8, seed=7)]
+
+
+def test_short_texts_with_other_labels_are_kept_and_reported_and_a_same_label_copy_is_removed(tmp_path):
+    prepared = build_splits(_short_text_config(tmp_path, CARD_ROWS + _filler_rows()), tmp_path / "cache")
+    kept = {e["messages"][-2]["content"] for part in prepared.splits.values() for e in part}
+    assert {text for text, _ in CARD_ROWS[:5]} <= kept
+    assert CARD_ROWS[5][0] not in kept
+    near = prepared.report["near_duplicates"]
+    assert near["conflicts"] == 1 and near["conflicts_policy"] == "keep"
+    [conflict] = near["conflicting_pairs"]
+    assert {conflict["label"], conflict["kept_label"]} == {"freeze_account", "deactivate_account"}
+    assert conflict["removed"] is False and conflict["word_edits"] == 0
+    removed = [d for d in prepared.duplicates if d["removed"]]
+    assert all(d["label"] == d["kept_label"] for d in removed)
+    assert {(d["text"], d["kept_text"]) for d in removed if d["kind"] == "near"} >= {(CARD_ROWS[5][0], CARD_ROWS[4][0])}
+    assert [d["kind"] for d in prepared.duplicates if not d["removed"]] == ["conflict"]
+
+
+def test_conflicts_drop_removes_the_later_row_of_a_conflicting_pair(tmp_path):
+    config = _short_text_config(tmp_path, CARD_ROWS + _filler_rows(), dedup_conflicts="drop")
+    prepared = build_splits(config, tmp_path / "cache")
+    kept = {e["messages"][-2]["content"] for part in prepared.splits.values() for e in part}
+    assert CARD_ROWS[0][0] in kept and CARD_ROWS[1][0] not in kept
+    assert prepared.report["near_duplicates"]["conflicts"] == 1
+
+
+def test_training_rows_equal_to_a_test_row_leave_whatever_their_label_near_conflicts_stay(tmp_path):
+    test_rows = [("What is my balance?", "Flu"), ("how do i freeze my account", "Eczema")] + [
+        (row["text"], row["label"]) for row in make_label_rows(per_label=3, seed=11)]
+    rows = [("what is   my balance?", "Migraine"),  # equal to a test row after case and spaces: leaves
+            ("How do I freeze my account!", "Flu")] + _filler_rows()  # a near copy with another label: stays
+    prepared = build_splits(_short_text_config(tmp_path, rows, test_rows), tmp_path / "cache")
+    pool = {e["messages"][-2]["content"] for name in ("train", "validation") for e in prepared.splits[name]}
+    assert "what is   my balance?" not in pool and "How do I freeze my account!" in pool
+    [exact] = [d for d in prepared.duplicates if d["kind"] == "exact"]
+    assert exact["label"] == "Migraine" and exact["kept_label"] == "Flu"
+    assert prepared.report["exact_duplicates_with_other_label"] == 1
+    assert prepared.report["near_duplicates"]["conflicts"] == 1
+
+
+def test_a_row_is_removed_only_for_a_kept_row_within_the_threshold():
+    """a ~ b and b ~ c within 0.02, a and c 0.045 apart: b leaves for a, c stays (no chain through b)."""
+    angles = np.array([0.0, 0.15, 0.30])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    found = find_near_duplicates(vectors, 0.02)
+    assert [(row, kept) for row, kept, _ in found.removed] == [(1, 0)]
+    assert all(distance <= 0.02 for _, _, distance in found.removed)
+
+
+def test_report_page_lists_the_removed_and_the_conflicting_pairs(tmp_path):
+    from tunelab.report import write_report
+
+    config = _short_text_config(tmp_path, CARD_ROWS + _filler_rows()).model_copy(
+        update={"output_dir": str(tmp_path / "run")})
+    prepare_stage(config, RunDir(config.output_dir))
+    page = write_report(tmp_path / "run").read_text()
+    conflicts = page.split("Near copies with different labels (1, kept)")[1]
+    assert "How do I freeze my account" in conflicts and "deactivate_account" in conflicts
+    removed = page.split("Removed near duplicates closest to the threshold")[1].split("Near copies with")[0]
+    assert CARD_ROWS[5][0] in removed and CARD_ROWS[4][0] in removed
+
+
+def test_word_check_is_strict_on_short_texts_and_lenient_on_long_paraphrases():
+    assert [allowed_word_edits(n, 0.2) for n in (3, 9, 10, 14, 15, 30)] == [0, 0, 1, 1, 2, 5]
+    assert is_near_copy("Sorry, no idea", "no idea sorry", 0.2)  # same words: a copy at any length
+    assert not is_near_copy("where is my card?", "where is my card accepted?", 0.2)
+    long_text = ("I have been feeling fine all day, but suddenly developed a headache, chest pain, and dizziness "
+                 "while out for a walk.")
+    assert is_near_copy(long_text, long_text.replace("walk", "run").replace("suddenly", "quickly"), 0.2)

@@ -172,8 +172,12 @@ def _show_run(outputs: dict, run_dir) -> None:
 def prepare(config: ConfigArg, set_: SetOption = None, output_dir: OutputOption = None):
     """Vectorize, de-duplicate, split, cluster (K by G-means) and sample the training data.
 
+    Near-duplicates are candidates within `prepare.dedup_threshold` in vector space whose words also
+    differ little (`prepare.dedup_word_share`); rows with different labels are never merged.
+
     Writes RUN_DIR/data/: train/validation/test.jsonl, duplicates.jsonl (each removed row with its
-    kept twin), prepare_report.json (counts, K, silhouette, representativeness) and PNG plots.
+    kept twin, and each near-copy pair with different labels), prepare_report.json (counts, K,
+    silhouette, representativeness) and PNG plots.
     `tunelab train` runs this stage itself when data/ is missing or was made from other settings.
     """
     from tunelab.workflow import prepare_run
@@ -186,12 +190,15 @@ def prepare(config: ConfigArg, set_: SetOption = None, output_dir: OutputOption 
 
 
 def _show_prepare(report: dict, folder: Path) -> None:
+    from tunelab.data.prepare import duplicates_summary
+
     table = Table(title="prepare")
     table.add_column("step")
     table.add_column("rows", justify="right")
     for step, count in report["counts"].items():
         table.add_row(step.replace("_", " "), str(count))
     Console().print(table)
+    console.print(f"{duplicates_summary(report)}; every pair is listed in duplicates.jsonl")
     clusters = report["clusters"]
     silhouette = f"{clusters['silhouette']:.3f}" if clusters["silhouette"] is not None else "n/a"
     console.print(f"K={clusters['k']} ({clusters['method']}), silhouette {silhouette}; "

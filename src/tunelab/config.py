@@ -80,7 +80,17 @@ class PrepareConfig(Section):
     tfidf_dims: int = Field(128, gt=1, description="TruncatedSVD dimensions of the TF-IDF vectors.")
     batch_size: int = Field(64, gt=0, description="Texts per batch for neural vectorizers.")
     dedup_threshold: float | None = Field(
-        0.02, ge=0, lt=1, description="Rows within this cosine distance are near-duplicates; null: exact only."
+        0.02, ge=0, lt=1, description="Rows within this cosine distance are near-duplicate candidates; "
+        "null: exact duplicates only."
+    )
+    dedup_word_share: float | None = Field(
+        0.2, ge=0, le=1, description="A candidate is a near copy only when it changes fewer words than this share "
+        "of the longer text's words, by at least one (0.2: no word under 10 words, one in 10-14, two in 15-19, five "
+        "in 30), order ignored: short distinct requests are never merged. null: the vectors alone decide."
+    )
+    dedup_conflicts: Literal["keep", "drop"] = Field(
+        "keep", description="Near copies with different labels (label noise or a deliberate contrast): keep both "
+        "rows and report the pair, or drop the later row like any near copy."
     )
     k: int | Literal["auto"] = Field("auto", description="Number of clusters, or auto (G-means).")
     k_max: int = Field(64, gt=1, description="Upper bound on K for G-means.")

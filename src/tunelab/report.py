@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import REPORTED_METRICS
 from tunelab.rundir import RunDir, read_jsonl, write_text_atomic
 from tunelab.search import read_trials
@@ -76,15 +77,36 @@ def _prepare(run: RunDir) -> str:
     clusters = report["clusters"]
     silhouette = f"{clusters['silhouette']:.3f}" if clusters.get("silhouette") is not None else "n/a"
     body = _table(["step", "rows"], [[k.replace("_", " "), v] for k, v in report["counts"].items()])
-    body += (f"<p>{report['exact_duplicates_removed']} exact and {report['near_duplicates_removed']} near duplicates "
-             f"removed; K = {clusters['k']} ({html.escape(clusters['method'])}), silhouette {silhouette}; "
+    body += (f"<p>{html.escape(duplicates_summary(report))}; K = {clusters['k']} "
+             f"({html.escape(clusters['method'])}), silhouette {silhouette}; "
              f"split {html.escape(str(report['sizes']))}.</p>")
+    body += _near_duplicate_pairs(report.get("near_duplicates"))
     if "representativeness" in report:
         rows = [[k, v["sample"], v["random_mean"], v["percentile"]] for k, v in report["representativeness"].items()]
         body += "<p>How representative the training sample is, beside random samples of the same size:</p>"
         body += _table(["measure", "sample", "random (mean)", "percentile of ours"], rows)
     figures = [_image(run.data / name, name) for name in ("clusters.png", "cluster_sizes.png", "labels.png")]
     return _section("prepare", "Data preparation", body + f'<div class="figures">{"".join(figures)}</div>')
+
+
+def _near_duplicate_pairs(near: dict[str, Any] | None) -> str:
+    """The calls a user should check: removed pairs nearest the threshold, and pairs whose labels differ."""
+    if not near:
+        return ""
+    columns = ["cosine_distance", "word_edits", "text", "label", "kept_text", "kept_label"]
+    header = ["distance", "words changed", "row", "label", "twin", "twin's label"]
+    body = (f"<p class='muted'>Near copies: within cosine distance {near['threshold']} of the text vectors "
+            f"({near['vector_candidates']} candidate pairs), and words differing in at most "
+            f"{near['word_share']} of the longer text.</p>")
+    if near["borderline_removed"]:
+        body += ("<h3>Removed near duplicates closest to the threshold</h3>"
+                 + _table(header, [[pair[c] for c in columns] for pair in near["borderline_removed"]]))
+    if near["conflicting_pairs"]:
+        fate = "kept" if near["conflicts_policy"] == "keep" else "the later row dropped"
+        body += (f"<h3>Near copies with different labels ({near['conflicts']}, {fate})</h3>"
+                 "<p class='muted'>Label noise, or a contrast the model should learn.</p>"
+                 + _table(header, [[pair[c] for c in columns] for pair in near["conflicting_pairs"]]))
+    return body
 
 
 def _search(run: RunDir) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import TunelabConfig, config_from_run_dir, load_config, save_config
-from tunelab.data.prepare import prepare_stage
+from tunelab.data.prepare import duplicates_summary, prepare_stage
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, removed_on_failure
 from tunelab.train.model import resolve_source
@@ -54,11 +54,8 @@ def _prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
     report = prepare_stage(config, run_dir)
     save_config(config, run_dir.config)
     counts = report["counts"]
-    log.info(
-        "data: %d rows read, %d exact and %d near duplicates removed; K=%d clusters; split %s",
-        counts["rows_read"], report["exact_duplicates_removed"], report["near_duplicates_removed"],
-        report["clusters"]["k"], report["sizes"],
-    )
+    log.info("data: %d rows read, %s; K=%d clusters; split %s", counts["rows_read"], duplicates_summary(report),
+             report["clusters"]["k"], report["sizes"])
     return report
 
 

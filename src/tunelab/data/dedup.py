@@ -1,18 +1,32 @@
-"""Near-duplicate groups by cosine distance, without a full n x n distance matrix.
+"""Near-duplicates: candidates from the vectors, confirmed on the words, never across labels.
 
-Rows are compared in chunks within blocks: one block up to `BLOCK_ROWS` rows, else blocks from a
-coarse k-means partition (near-duplicates are nearly always in the same coarse cluster). Pairs within
-the threshold are joined into groups by connected components; each group keeps its first row.
+Candidates are pairs whose cosine distance is within the threshold, found without an n x n matrix:
+rows are compared in chunks within blocks (one block up to `BLOCK_ROWS` rows, else blocks from a
+coarse k-means partition; near-duplicates are nearly always in the same coarse cluster).
+
+Vectors alone are not enough on short texts: TF-IDF reduced to a few dimensions puts "where is my
+card?" and "where is my card accepted?" almost on top of each other. So a candidate counts as a
+near copy only when few of the texts' words differ, relative to their length (`allowed_word_edits`:
+none in a text under 10 words, one in 10-14, ...). Two rows with different labels are never merged:
+such a pair is a *conflict* (label noise or a deliberate contrast), reported, not removed.
+
+A row is removed only for a kept row it is itself a near copy of (no chains through a removed row),
+so every removed row is within the threshold of the row that stays in its place.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 BLOCK_ROWS = 20_000
 CHUNK_ROWS = 1_024
+_WORD = re.compile(r"\w+")
 
 
 def _blocks(vectors: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -43,12 +57,63 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, seed: int = 0) -
     return np.concatenate(rows), np.concatenate(cols)
 
 
-def near_duplicate_groups(vectors: np.ndarray, threshold: float, seed: int = 0) -> np.ndarray:
-    """For every row, the index of the row its group keeps (the group's first row; itself if unique)."""
-    n = len(vectors)
-    i, j = near_duplicate_pairs(vectors, threshold, seed)
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    first = np.full(component.max() + 1 if n else 0, n)
-    np.minimum.at(first, component, np.arange(n))
-    return first[component]
+def word_edits(first: str, second: str) -> tuple[int, int]:
+    """(words to change, words in the longer text), on lower-cased words, order ignored.
+
+    Words to change is the larger one-sided difference of the two word multisets: a replaced,
+    added or dropped word, or a typo, counts 1; reordered clauses count 0.
+    """
+    a, b = Counter(_WORD.findall(first.lower())), Counter(_WORD.findall(second.lower()))
+    return max((a - b).total(), (b - a).total()), max(a.total(), b.total())
+
+
+def allowed_word_edits(length: int, word_share: float) -> int:
+    """Words a near copy of a `length`-word text may change: one less than `word_share` of them.
+
+    The "one less" keeps short texts strict: with 0.2, no word under 10 words, one in 10-14, two in
+    15-19, five in 30; so two distinct short requests are never merged, long paraphrases are.
+    """
+    return max(0, math.floor(word_share * length + 1e-9) - 1)
+
+
+def is_near_copy(first: str, second: str, word_share: float) -> bool:
+    """Whether two texts differ in few enough words to be copies of each other (see allowed_word_edits)."""
+    edits, length = word_edits(first, second)
+    return edits <= allowed_word_edits(length, word_share)
+
+
+@dataclass
+class NearDuplicates:
+    """What near-duplicate search decided, as (row, partner, cosine distance) triples."""
+
+    removed: list[tuple[int, int, float]] = field(default_factory=list)  # (removed row, kept row it copies, ...)
+    conflicts: list[tuple[int, int, float]] = field(default_factory=list)  # near copies with different labels
+    candidates: int = 0  # pairs within the vector threshold, before the word check
+
+
+def find_near_duplicates(vectors: np.ndarray, threshold: float, *, texts: Sequence[str] | None = None,
+                         labels: Sequence | None = None, word_share: float | None = None,
+                         merge_conflicts: bool = False, reserved: int = 0, seed: int = 0) -> NearDuplicates:
+    """Decide which rows leave as near copies of an earlier row, and which pairs conflict.
+
+    Without `texts`/`word_share` the vectors alone decide; without `labels` every pair may merge.
+    The first `reserved` rows (a given test file) always stay. Conflicting pairs (different labels)
+    stay too unless `merge_conflicts`, which treats them as ordinary near copies.
+    """
+    first, second = near_duplicate_pairs(vectors, threshold, seed)
+    result = NearDuplicates(candidates=len(first))
+    distance = 1.0 - np.einsum("ij,ij->i", vectors[first], vectors[second]) if len(first) else np.empty(0)
+    order = np.lexsort((distance, second))  # by the later row, closest partner first
+    removed = np.zeros(len(vectors), dtype=bool)
+    for k in order:
+        i, j, gap = int(first[k]), int(second[k]), max(float(distance[k]), 0.0)
+        if texts is not None and word_share is not None and not is_near_copy(texts[i], texts[j], word_share):
+            continue
+        if labels is not None and labels[i] != labels[j]:
+            result.conflicts.append((j, i, gap))
+            if not merge_conflicts:
+                continue
+        if j >= reserved and not removed[j] and not removed[i]:
+            removed[j] = True
+            result.removed.append((j, i, gap))
+    return result

@@ -17,7 +17,7 @@ import numpy as np
 
 from tunelab.config import TunelabConfig
 from tunelab.data.cluster import cluster, silhouette
-from tunelab.data.dedup import near_duplicate_groups
+from tunelab.data.dedup import find_near_duplicates, word_edits
 from tunelab.data.examples import rows_to_examples, user_text
 from tunelab.data.load import load_rows
 from tunelab.data.represent import representativeness
@@ -28,6 +28,7 @@ from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, exclusive, staged_directory, write_json, write_jsonl
 
 SPLITS = ("train", "validation", "test")
+SHOWN_PAIRS = 20  # pairs of each kind the report lists
 
 
 @dataclass
@@ -76,20 +77,38 @@ def _load(config: TunelabConfig) -> tuple[list[dict], list[dict] | None]:
     return examples, test
 
 
-def _drop_near_duplicates(pool: list[dict], vectors: np.ndarray, reserved: int, threshold: float,
-                          seed: int) -> tuple[list[int], list[dict]]:
-    """Indices to keep (the first row of each group; the `reserved` leading rows always stay)."""
-    keeper = near_duplicate_groups(vectors, threshold, seed)
-    kept, dropped = [], []
-    for index, representative in enumerate(keeper):
-        if index < reserved or representative == index:
-            kept.append(index)
-            continue
-        distance = float(1.0 - vectors[index] @ vectors[representative])
-        dropped.append({"id": pool[index]["id"], "duplicate_of": pool[representative]["id"], "kind": "near",
-                        "cosine_distance": round(distance, 5), "text": user_text(pool[index]),
-                        "kept_text": user_text(pool[representative])})
-    return kept, dropped
+def _drop_near_duplicates(rows: list[dict], vectors: np.ndarray, reserved: int,
+                          config: TunelabConfig) -> tuple[list[int], list[dict], dict[str, Any]]:
+    """Indices to keep, one record per removed row or conflicting pair, and the report's summary.
+
+    The `reserved` leading rows (a given test file) always stay; a training row that is a near copy of
+    one of them leaves training. Pairs with different labels stay unless `prepare.dedup_conflicts: drop`.
+    """
+    prepare = config.prepare
+    texts = [user_text(row) for row in rows]
+    labels = [row.get("label") for row in rows]
+    found = find_near_duplicates(vectors, prepare.dedup_threshold, texts=texts, labels=labels,
+                                 word_share=prepare.dedup_word_share, reserved=reserved, seed=config.seed,
+                                 merge_conflicts=prepare.dedup_conflicts == "drop")
+    gone = {index for index, _, _ in found.removed}
+
+    def record(kind: str, index: int, partner: int, distance: float) -> dict[str, Any]:
+        edits, _ = word_edits(texts[index], texts[partner])
+        return {"kind": kind, "removed": index in gone, "id": rows[index]["id"], "duplicate_of": rows[partner]["id"],
+                "cosine_distance": round(distance, 5), "word_edits": edits, "text": texts[index],
+                "kept_text": texts[partner], "label": labels[index], "kept_label": labels[partner]}
+
+    removed = [record("near", *entry) for entry in found.removed]
+    conflicts = [record("conflict", *entry) for entry in found.conflicts]
+    summary = {
+        "threshold": prepare.dedup_threshold, "word_share": prepare.dedup_word_share,
+        "vector_candidates": found.candidates, "removed": len(removed),
+        "conflicts": len(conflicts), "conflicts_policy": prepare.dedup_conflicts,
+        "borderline_removed": sorted(removed, key=lambda r: -r["cosine_distance"])[:SHOWN_PAIRS],
+        "conflicting_pairs": sorted(conflicts, key=lambda r: r["cosine_distance"])[:SHOWN_PAIRS],
+    }
+    kept = [index for index in range(len(rows)) if index not in gone]
+    return kept, removed + conflicts, summary
 
 
 def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepared:
@@ -99,12 +118,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
     counts = {"rows_read": len(examples)}
     test_rows, exact = drop_exact_duplicates(given_test) if given_test else ([], [])
     pool, more_exact = drop_exact_duplicates(examples, reserved=test_rows)
-    duplicates = [{"kind": "exact", **record} for record in exact + more_exact]
+    duplicates = [{"kind": "exact", "removed": True, **record} for record in exact + more_exact]
     counts["after_exact_dedup"] = len(pool)
     combined = test_rows + pool
     vectors = vectorize([user_text(e) for e in combined], config, cache_dir)
+    near_summary = None
     if prepare.dedup_threshold is not None and len(combined) > 1:
-        kept, near = _drop_near_duplicates(combined, vectors, len(test_rows), prepare.dedup_threshold, config.seed)
+        kept, near, near_summary = _drop_near_duplicates(combined, vectors, len(test_rows), config)
         duplicates += near
         combined, vectors = [combined[i] for i in kept], vectors[kept]
     pool, pool_vectors = combined[len(test_rows):], vectors[len(test_rows):]
@@ -136,6 +156,9 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         "counts": counts,
         "exact_duplicates_removed": sum(d["kind"] == "exact" for d in duplicates),
         "near_duplicates_removed": sum(d["kind"] == "near" for d in duplicates),
+        "exact_duplicates_with_other_label": sum(d["kind"] == "exact" and d["label"] != d["kept_label"]
+                                                 for d in duplicates),
+        "near_duplicates": near_summary,
         "vectorizer": prepare.vectorizer,
         "clusters": {
             "k": clustering.k, "method": clustering.method, "k_per_round": clustering.history,
@@ -180,6 +203,18 @@ def _check_test_labels(train: list[dict], test: list[dict], origin: str) -> None
     unseen = sorted({e["label"] for e in test if "label" in e and e["label"] not in seen})
     if unseen:
         raise TunelabError(f"{origin}: test label '{unseen[0]}' never appears in training ({len(unseen)} such)")
+
+
+def duplicates_summary(report: dict[str, Any]) -> str:
+    """One sentence on what de-duplication removed and which conflicting pairs it found."""
+    text = f"{report['exact_duplicates_removed']} exact and {report['near_duplicates_removed']} near duplicates removed"
+    if report.get("exact_duplicates_with_other_label"):
+        text += f" ({report['exact_duplicates_with_other_label']} exact ones labelled differently from their twin)"
+    near = report.get("near_duplicates")
+    if near and near["conflicts"]:
+        fate = "both rows kept" if near["conflicts_policy"] == "keep" else "the later row dropped"
+        text += f"; {near['conflicts']} near-copy pairs with different labels ({fate})"
+    return text
 
 
 def write_prepared(prepared: Prepared, run_dir: RunDir) -> None:

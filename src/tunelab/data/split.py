@@ -31,16 +31,17 @@ def drop_exact_duplicates(
 
     Returns the kept rows and, for each dropped row, a record naming the kept twin.
     """
-    first_seen = {normalized_key(example): (example["id"], user_text(example)) for example in reserved or []}
+    first_seen = {normalized_key(example): example for example in reserved or []}
     kept, dropped = [], []
     for example in examples:
         key = normalized_key(example)
-        if key in first_seen:
-            dropped.append({"id": example["id"], "duplicate_of": first_seen[key][0], "text": user_text(example),
-                            "kept_text": first_seen[key][1]})
-        else:
-            first_seen[key] = (example["id"], user_text(example))
+        twin = first_seen.setdefault(key, example)
+        if twin is example:
             kept.append(example)
+        else:
+            dropped.append({"id": example["id"], "duplicate_of": twin["id"], "text": user_text(example),
+                            "kept_text": user_text(twin), "label": example.get("label"),
+                            "kept_label": twin.get("label")})
     return kept, dropped
 
 

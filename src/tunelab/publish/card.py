@@ -10,6 +10,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tunelab.config import TunelabConfig
+from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import REPORTED_METRICS
 from tunelab.rundir import RunDir
 from tunelab.search import read_trials
@@ -68,8 +69,7 @@ def _data_summary(run_dir: RunDir) -> str:
     if not report:
         return ""
     clusters = report["clusters"]
-    return (f"{report['counts']['rows_read']} rows read; {report['exact_duplicates_removed']} exact and "
-            f"{report['near_duplicates_removed']} near duplicates removed; K = {clusters['k']} clusters "
+    return (f"{report['counts']['rows_read']} rows read; {duplicates_summary(report)}; K = {clusters['k']} clusters "
             f"({clusters['method']}); split {report['sizes']}"
             + (f"; training on a {report['sample']['strategy']} sample of {report['sample']['size']} of "
                f"{report['sample']['pool']} rows" if "sample" in report else "") + ".")
