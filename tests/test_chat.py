@@ -4,9 +4,12 @@ import copy
 
 import pytest
 
-from tunelab.config import ModelConfig
+from conftest import make_label_rows, write_config, write_csv
+from tunelab.config import ModelConfig, load_config
 from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt, strip_thinking
-from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, token_f1
+from tunelab.data.prepare import build_splits
+from tunelab.errors import TunelabError
+from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, match_label_prefix, token_f1
 from tunelab.train.model import load_tokenizer, materialize
 
 EXAMPLE = {
@@ -91,19 +94,36 @@ def test_extract_answer_takes_the_first_line_after_thinking():
     assert extract_answer("<think>hmm</think>\n\nMigraine\nIt is common.") == "Migraine"
 
 
-def test_match_label_is_strict_about_word_boundaries_and_prefers_longest():
-    labels = ["Cold", "Common Cold", "Psoriasis"]
-    assert match_label("psoriasis.", labels) == "Psoriasis"
-    assert match_label("Common cold, most likely", labels) == "Common Cold"
-    assert match_label("Psoriasisx", labels) is None
-    assert match_label("I am not sure", labels) is None
+@pytest.mark.parametrize(("answer", "strict", "prefix"), [
+    ("psoriasis.", "Psoriasis", "Psoriasis"),
+    ("  COMMON   cold ", "Common Cold", "Common Cold"),
+    ("Cold sore", "Cold sore", "Cold sore"),  # a label that starts with another label is itself
+    ("Cold", "Cold", "Cold"),
+    ("Common cold, most likely", None, "Common Cold"),  # hedged
+    ("Psoriasis or eczema", None, "Psoriasis"),  # compound
+    ("Psoriasis-like rash", None, "Psoriasis"),
+    ("Psoriasisx", None, None),
+    ("I am not sure", None, None),
+])
+def test_strict_label_match_needs_the_whole_answer_the_prefix_rule_is_lenient(answer, strict, prefix):
+    labels = ["Cold", "Cold sore", "Common Cold", "Psoriasis"]
+    assert match_label(answer, labels) == strict
+    assert match_label_prefix(answer, labels) == prefix
 
 
-def test_label_metrics_count_unknown_answers_as_wrong():
-    metrics = label_metrics(["A", "A", "B", "B"], ["A", None, "B", "A"], ["A", "B"])
+def test_label_metrics_count_hedged_and_unknown_answers_as_wrong_and_report_the_prefix_rule_beside():
+    metrics = label_metrics(["A", "A", "B", "B"], ["a.", "A or B", "B", "I do not know"], ["A", "B"])
     assert metrics["accuracy"] == 0.5
-    assert metrics["unknown_label_rate"] == 0.25
+    assert metrics["prefix_accuracy"] == 0.75
+    assert metrics["unknown_label_rate"] == 0.5
     assert metrics["per_class_recall"] == {"A": 0.5, "B": 0.5}
+
+
+def test_labels_equal_after_normalisation_are_an_error_naming_both(tmp_path, tiny_model_dir):
+    rows = make_label_rows() + [{"text": "I sneeze all day long.", "label": "flu."}]
+    config = load_config(write_config(tmp_path, {"source": str(write_csv(tmp_path / "d.csv", rows))}, tiny_model_dir))
+    with pytest.raises(TunelabError, match="labels 'Flu' and 'flu.' are the same answer"):
+        build_splits(config)
 
 
 def test_token_f1():

@@ -19,6 +19,7 @@ from tunelab.config import TunelabConfig
 from tunelab.data.cluster import cluster, silhouette
 from tunelab.data.dedup import find_near_duplicates, word_edits
 from tunelab.data.examples import rows_to_examples, user_text
+from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
@@ -115,6 +116,8 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
     """Read and validate all data, then de-duplicate, split, cluster and sample; nothing is written."""
     data, prepare = config.data, config.prepare
     examples, given_test = _load(config)
+    check_distinct_labels((e["label"] for e in examples + (given_test or []) if "label" in e),
+                          " + ".join(f for f in (data.source, data.test_file) if f))
     counts = {"rows_read": len(examples)}
     test_rows, exact = drop_exact_duplicates(given_test) if given_test else ([], [])
     pool, more_exact = drop_exact_duplicates(examples, reserved=test_rows)

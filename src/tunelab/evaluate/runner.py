@@ -20,6 +20,7 @@ import torch
 from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.data.chat import encode_example, render_prompt
 from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
+from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.plots import plot_confusion
@@ -90,7 +91,7 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
     gold = [answer_text(example) for example in examples]
     metrics: dict[str, Any] = text_metrics(gold, answers)
     if labels:
-        metrics |= label_metrics(gold, [match_label(a, labels) for a in answers], labels)
+        metrics |= label_metrics(gold, answers, labels)
     metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)
     return metrics, generations
 
@@ -142,6 +143,8 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     tuned, tokenizer, base_context = load_tuned(config, run_dir)
     tuned.eval()
     labels = _known_labels(run_dir, examples) if config.data.label_column else None
+    if labels:
+        check_distinct_labels(labels, data_file or str(run_dir.split("test")))
     results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl",
                                "decoding": config.evaluate.decoding.model_dump()}
     generations: dict[str, list[str]] = {}
@@ -216,7 +219,6 @@ def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: lis
             generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
                                            config.evaluate.batch_size, "validation", config.evaluate.decoding)
         gold = [answer_text(e) for e in examples]
-        predicted = [match_label(extract_answer(text), labels) for text in generations]
-        return label_metrics(gold, predicted, labels)[metric]
+        return label_metrics(gold, [extract_answer(text) for text in generations], labels)[metric]
     finally:
         model.train(was_training)

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from typing import Any
 
 from tunelab.data.chat import strip_thinking
-
-_SPACE = re.compile(r"\s+")
+from tunelab.data.labels import normalize
 
 # The headline numbers, in the order tables show them; the last two come from teacher forcing.
-GENERATION_METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "exact_match", "token_f1")
+GENERATION_METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "prefix_accuracy", "exact_match", "token_f1")
 REPORTED_METRICS = (*GENERATION_METRICS, "loss", "perplexity")
-_EDGE_PUNCTUATION = string.punctuation + " \n\t"
-
-
-def normalize(text: str) -> str:
-    """Case, inner white space and surrounding punctuation do not change an answer."""
-    return _SPACE.sub(" ", text.lower()).strip(_EDGE_PUNCTUATION)
 
 
 def extract_answer(generated: str) -> str:
@@ -32,26 +24,36 @@ def extract_answer(generated: str) -> str:
 
 
 def match_label(answer: str, labels: list[str]) -> str | None:
-    """The known label the answer names: an exact match, else the longest label it starts with."""
+    """The known label the answer is, after normalisation; None for anything else.
+
+    Strict on purpose: "Psoriasis or eczema" and "Psoriasis-like rash" name no label.
+    """
+    return {normalize(label): label for label in labels}.get(normalize(answer))
+
+
+def match_label_prefix(answer: str, labels: list[str]) -> str | None:
+    """The lenient reading behind `prefix_accuracy`: the longest label the answer starts with."""
     normalized = normalize(answer)
     by_normal = {normalize(label): label for label in labels}
-    if normalized in by_normal:
-        return by_normal[normalized]
     prefixes = [key for key in by_normal if re.match(re.escape(key) + r"\b", normalized)]
     return by_normal[max(prefixes, key=len)] if prefixes else None
 
 
-def label_metrics(gold: list[str], predicted: list[str | None], labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class recall and the share of answers that name no known label."""
+def label_metrics(gold: list[str], answers: list[str], labels: list[str]) -> dict[str, Any]:
+    """Strict accuracy, macro-F1 and per-class recall, the share of answers that name no label, and
+    the lenient prefix accuracy beside them (never the headline)."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     unknown = "<unknown>"
+    predicted = [match_label(answer, labels) for answer in answers]
     filled = [p if p is not None else unknown for p in predicted]
     recalls = recall_score(gold, filled, labels=labels, average=None, zero_division=0)
+    prefix = [match_label_prefix(answer, labels) for answer in answers]
     return {
         "accuracy": float(accuracy_score(gold, filled)),
         "macro_f1": float(f1_score(gold, filled, labels=labels, average="macro", zero_division=0)),
         "unknown_label_rate": sum(p is None for p in predicted) / max(len(predicted), 1),
+        "prefix_accuracy": sum(p == g for p, g in zip(prefix, gold, strict=True)) / max(len(gold), 1),
         "per_class_recall": {label: float(r) for label, r in zip(labels, recalls, strict=True)},
     }
 
