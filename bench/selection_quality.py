@@ -16,22 +16,18 @@ import statistics
 
 import numpy as np
 from common import parser_with_csv
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from tunelab.config import TunelabConfig
-from tunelab.data.examples import user_text
 from tunelab.data.prepare import build_splits
 from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample
 from tunelab.data.split import stratified_split
+from tunelab.evaluate.baseline import fit_predict
 
 
 def proxy_accuracy(train: list[dict], test: list[dict]) -> float:
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    features = vectorizer.fit_transform([user_text(e) for e in train])
-    model = LogisticRegression(max_iter=2000, C=10).fit(features, [e["label"] for e in train])
-    predicted = model.predict(vectorizer.transform([user_text(e) for e in test]))
+    """The baseline every tunelab evaluation reports, as the proxy learner."""
+    predicted = np.array(fit_predict(train, test))
     return float(np.mean(predicted == np.array([e["label"] for e in test])))
 
 

@@ -33,18 +33,26 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
         assert {"accuracy", "macro_f1", "per_class_recall", "unknown_label_rate", "loss", "perplexity"} <= set(
             metrics[name])
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    baseline = metrics["baseline"]  # TF-IDF + LR on the run's training split, same test rows
+    assert baseline["train_rows"] == len((run / "data" / "train.jsonl").read_text().splitlines())
+    assert 0 <= baseline["accuracy"] <= 1 and "loss" not in baseline
+    assert "baseline" in metrics["verdict"] and f"{metrics['tuned']['accuracy']:.4f}" in metrics["verdict"]
+    assert metrics["verdict"] in " ".join(done.stdout.split())  # printed (wrapped to the terminal)
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == n_test and {"input", "gold", "base_answer", "tuned_answer"} <= set(predictions[0])
+    assert len(predictions) == n_test
+    assert {"input", "gold", "base_answer", "tuned_answer", "baseline_answer"} <= set(predictions[0])
     assert (run / "eval" / "confusion_tuned.png").stat().st_size > 1000
     assert (run / "model" / "loss.png").is_file()
 
+    metrics_before = (run / "eval" / "metrics.json").read_text()
     fresh = write_csv(tmp_path / "fresh.csv", make_label_rows(per_label=2, seed=7))
     done = subprocess.run([*tunelab, "evaluate", str(run), "--data", str(fresh)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((run / "eval" / "metrics.json").read_text())["n_test"] == 6
+    assert json.loads((run / "eval-fresh" / "metrics.json").read_text())["n_test"] == 6
+    assert len((run / "eval-fresh" / "predictions.jsonl").read_text().splitlines()) == 6
+    assert (run / "eval" / "metrics.json").read_text() == metrics_before  # the held-out split's numbers stay
 
-    metrics_before = (run / "eval" / "metrics.json").read_text()
     done = subprocess.run([*tunelab, "evaluate", str(run), "--decoding", "greedy", "--decoding", "beam"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

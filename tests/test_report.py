@@ -36,3 +36,5 @@ def test_report_renders_every_section_in_headless_chromium(tmp_path, tiny_model_
     for heading in ("Data preparation", "Hyperparameter search", "Training", "Evaluation on the test split",
                     "Example predictions"):
         assert heading in dom
+    evaluation = dom.split('<section id="evaluation"')[1]
+    assert "<th>baseline</th>" in evaluation and "logistic regression baseline" in evaluation

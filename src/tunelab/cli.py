@@ -299,10 +299,14 @@ def evaluate(
 ):
     """Score the base and the tuned model with identical prompts (greedy decoding by default).
 
-    Writes eval/metrics.json ({"base": ..., "tuned": ..., "n_test": ...}), eval/predictions.jsonl
-    and confusion matrices for label tasks. With several --decoding values the tuned model is scored
-    with each; eval/decoding_comparison.json holds that table and the other files stay as they were.
+    Label tasks also get the TF-IDF + logistic regression baseline, fitted on the run's training
+    split, and one sentence saying whether the tuned model beats it. Writes eval/metrics.json
+    ({"base": ..., "tuned": ..., "baseline": ..., "n_test": ...}), eval/predictions.jsonl and
+    confusion matrices. `--data new.csv` writes to eval-new/ instead: eval/ keeps describing the
+    held-out split. With several --decoding values the tuned model is scored with each;
+    eval/decoding_comparison.json holds that table and the other files stay as they were.
     """
+    from tunelab.rundir import RunDir
     from tunelab.workflow import compare_decodings, evaluate_run
 
     try:
@@ -313,7 +317,8 @@ def evaluate(
         metrics = evaluate_run(run_dir, data, overrides)
     except TunelabError as error:
         _fail(error)
-    _show_metrics(metrics, run_dir)
+    _show_metrics(metrics, run_dir, data)
+    console.print(f"written to {RunDir(run_dir).evaluation(data)}")
 
 
 def _show_decodings(table_rows: dict) -> None:
@@ -384,23 +389,25 @@ def demo_data(
     console.print(f"wrote {path}")
 
 
-def _show_metrics(metrics: dict, run_dir: Path) -> None:
-    """The base-vs-tuned table, then the first `evaluate.num_examples_shown` predictions."""
+def _show_metrics(metrics: dict, run_dir: Path, data_file: str | None = None) -> None:
+    """The base / tuned / baseline table, then the first `evaluate.num_examples_shown` predictions."""
     from tunelab.config import config_from_run_dir
     from tunelab.evaluate.runner import example_rows
-    from tunelab.evaluate.scoring import REPORTED_METRICS as keys
+    from tunelab.evaluate.scoring import comparison_rows
     from tunelab.rundir import RunDir
 
-    names = [name for name in ("base", "tuned") if name in metrics]
+    names, rows = comparison_rows(metrics)
     table = Table(title=f"test metrics (n={metrics['n_test']})")
     table.add_column("metric")
     for name in names:
         table.add_column(name, justify="right")
-    for key in keys:
-        if key in metrics[names[-1]]:
-            table.add_row(key, *[f"{metrics[name][key]:.4f}" for name in names])
+    for key, values in rows:
+        table.add_row(key, *["—" if value is None else f"{value:.4f}" for value in values])
     Console().print(table)
-    rows = example_rows(RunDir(run_dir), config_from_run_dir(run_dir).evaluate.num_examples_shown)
+    if metrics.get("verdict"):
+        Console().print(metrics["verdict"], highlight=False)
+    folder = RunDir(run_dir).evaluation(data_file)
+    rows = example_rows(folder, config_from_run_dir(run_dir).evaluate.num_examples_shown)
     if rows:
         examples = Table(title="example predictions")
         for column in ("input", "gold", *[f"{name} answer" for name in names]):

@@ -238,6 +238,9 @@ class EvaluateConfig(Section):
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     batch_size: int = Field(16, gt=0)
     compare_base: bool = Field(True, description="Also score the untuned base model, same prompts.")
+    baseline: bool = Field(True, description="Label tasks: also fit TF-IDF + logistic regression on the run's "
+                           "training split and score it on the same examples (seconds), to show whether "
+                           "fine-tuning was worth it.")
     max_examples: int | None = Field(None, gt=0, description="Score only the first N test rows.")
     num_examples_shown: int = Field(5, ge=0, description="Example predictions printed at the end.")
 

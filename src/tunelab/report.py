@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.prepare import duplicates_summary
-from tunelab.evaluate.scoring import REPORTED_METRICS
+from tunelab.evaluate.scoring import comparison_rows
 from tunelab.rundir import RunDir, read_jsonl, write_text_atomic
 from tunelab.search import read_trials
 
@@ -138,11 +138,12 @@ def _evaluation(run: RunDir, examples: int) -> str:
     if not path.is_file():
         return ""
     metrics = json.loads(path.read_text())
-    names = [n for n in ("base", "tuned") if n in metrics]
-    keys = [k for k in REPORTED_METRICS if k in metrics[names[-1]]]
+    names, rows = comparison_rows(metrics)
     strategy = metrics.get("decoding", {}).get("strategy", "greedy")
     body = f"<p>{metrics['n_test']} test examples, identical prompts for every model, {strategy} decoding.</p>"
-    body += _table(["metric", *names], [[k, *[metrics[n][k] for n in names]] for k in keys])
+    body += _table(["metric", *names], [[key, *values] for key, values in rows])
+    if metrics.get("verdict"):
+        body += f"<p><strong>{html.escape(metrics['verdict'])}</strong></p>"
     figures = [_image(run.eval / f"confusion_{n}.png", f"confusion matrix, {n}") for n in names]
     body += f'<div class="figures">{"".join(figures)}</div>'
     predictions_path = run.eval / "predictions.jsonl"

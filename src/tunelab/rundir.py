@@ -44,6 +44,11 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
+    def evaluation(self, data_file: str | None = None) -> Path:
+        """eval/ for the run's own test split; eval-NAME/ for another file, so eval/ (what the model card
+        and the report describe) is never overwritten by scoring new cases."""
+        return self.root / f"eval-{Path(data_file).stem}" if data_file else self.eval
+
     @property
     def search(self) -> Path:
         return self.root / "search"

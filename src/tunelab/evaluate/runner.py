@@ -23,6 +23,7 @@ from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples
 from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
+from tunelab.evaluate.baseline import baseline_metrics, verdict
 from tunelab.evaluate.plots import plot_confusion
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.progress import progress_bar
@@ -152,8 +153,12 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     if config.evaluate.compare_base:
         with base_context() as base:
             results["base"], generations["base"] = score_model(base, tokenizer, examples, labels, config, "base")
+    baseline_answers = None
+    if labels and config.evaluate.baseline:
+        results["baseline"], baseline_answers = baseline_metrics(read_jsonl(run_dir.split("train")), examples, labels)
+        results["verdict"] = verdict(results)
     if write:
-        _write(run_dir, examples, labels, results, generations)
+        _write(run_dir.evaluation(data_file), examples, labels, results, generations, baseline_answers)
     return results
 
 
@@ -163,15 +168,17 @@ def _known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
     return sorted({e["label"] for e in train + examples if "label" in e})
 
 
-def _write(run_dir: RunDir, examples, labels, results, generations) -> None:
+def _write(destination: Path, examples, labels, results, generations, baseline_answers) -> None:
     predictions = []
     for index, example in enumerate(examples):
         record = {"id": example.get("id"), "input": user_text(example), "gold": answer_text(example)}
         for name, texts in generations.items():
             record[f"{name}_answer"] = extract_answer(texts[index])
             record[f"{name}_generation"] = texts[index]
+        if baseline_answers:
+            record["baseline_answer"] = baseline_answers[index]
         predictions.append(record)
-    with staged_directory(run_dir.eval) as folder:
+    with staged_directory(destination) as folder:
         write_json(folder / "metrics.json", results)
         write_jsonl(folder / "predictions.jsonl", predictions)
         if labels:
@@ -183,8 +190,9 @@ def _write(run_dir: RunDir, examples, labels, results, generations) -> None:
                                f"{name} model, accuracy {accuracy:.3f}")
 
 
-def example_rows(run_dir: RunDir, count: int) -> list[dict[str, Any]]:
-    path: Path = run_dir.eval / "predictions.jsonl"
+def example_rows(folder: Path, count: int) -> list[dict[str, Any]]:
+    """The first `count` predictions written into an evaluation folder."""
+    path = folder / "predictions.jsonl"
     return read_jsonl(path)[:count] if path.exists() else []
 
 

@@ -73,3 +73,12 @@ def text_metrics(gold: list[str], answers: list[str]) -> dict[str, float]:
         "exact_match": sum(normalize(a) == normalize(g) for g, a in pairs) / max(len(pairs), 1),
         "token_f1": sum(token_f1(a, g) for g, a in pairs) / max(len(pairs), 1),
     }
+
+
+def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
+    """The side-by-side table every view shows: columns base, tuned, baseline (those present), a row
+    per reported metric of the tuned model; None where a column has no such number (the baseline has
+    no loss)."""
+    names = [name for name in ("base", "tuned", "baseline") if name in results]
+    keys = [key for key in REPORTED_METRICS if key in results.get("tuned", results[names[-1]])]
+    return names, [(key, [results[name].get(key) for name in names]) for key in keys]

@@ -11,7 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tunelab.config import TunelabConfig
 from tunelab.data.prepare import duplicates_summary
-from tunelab.evaluate.scoring import REPORTED_METRICS
+from tunelab.evaluate.scoring import comparison_rows
 from tunelab.rundir import RunDir
 from tunelab.search import read_trials
 
@@ -47,10 +47,11 @@ def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, lice
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
-    names = [n for n in ("base", "tuned") if n in metrics]
-    rows = [f"| {key} | " + " | ".join(f"{metrics[n][key]:.4f}" for n in names) + " |"
-            for key in REPORTED_METRICS if key in metrics.get("tuned", {})]
-    return "\n".join([f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|", *rows])
+    names, rows = comparison_rows(metrics)
+    lines = [f"| {key} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in values) + " |"
+             for key, values in rows]
+    table = "\n".join([f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|", *lines])
+    return table + (f"\n\n{metrics['verdict']}" if metrics.get("verdict") else "")
 
 
 def _search_summary(run_dir: RunDir) -> str:
