@@ -29,9 +29,10 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     n_test = len((run / "data" / "test.jsonl").read_text().splitlines())
     assert metrics["n_test"] == n_test >= 6 and {"base", "tuned"} <= set(metrics)
+    assert metrics["constrained_to_labels"] is True
     for name in ("base", "tuned"):
-        assert {"accuracy", "macro_f1", "per_class_recall", "unknown_label_rate", "loss", "perplexity"} <= set(
-            metrics[name])
+        assert {"accuracy", "macro_f1", "per_class_recall", "unknown_label_rate", "loss", "perplexity",
+                "free_accuracy", "free_macro_f1", "prefix_accuracy"} <= set(metrics[name])
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     baseline = metrics["baseline"]  # TF-IDF + LR on the run's training split, same test rows
     assert baseline["train_rows"] == len((run / "data" / "train.jsonl").read_text().splitlines())
@@ -40,7 +41,9 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
     assert metrics["verdict"] in " ".join(done.stdout.split())  # printed (wrapped to the terminal)
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == n_test
-    assert {"input", "gold", "base_answer", "tuned_answer", "baseline_answer"} <= set(predictions[0])
+    assert {"input", "gold", "base_answer", "tuned_answer", "tuned_free_answer", "baseline_answer"} <= set(
+        predictions[0])
+    assert {p["base_answer"] for p in predictions} <= {"Flu", "Migraine", "Eczema"}  # constrained: labels only
     assert (run / "eval" / "confusion_tuned.png").stat().st_size > 1000
     assert (run / "model" / "loss.png").is_file()
 
@@ -64,7 +67,10 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
            "--max-new-tokens", "4"]
     done = subprocess.run([*tunelab, *ask], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("I have fever and chills.\n")
+    question, answer = done.stdout.splitlines()
+    assert question == "I have fever and chills." and answer in {"Flu", "Migraine", "Eczema"}  # a label, always
+    done = subprocess.run([*tunelab, *ask, "--free"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("I have fever and chills.\n")
     done = subprocess.run([*tunelab, "generate", str(run)], input="I cough at night.\n\n", capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "type a question" in done.stderr

@@ -348,8 +348,13 @@ def generate(
     max_new_tokens: Annotated[int | None, typer.Option(help="answer budget in tokens")] = None,
     show_thinking: Annotated[bool, typer.Option(help="Keep the `<think>…</think>` block of reasoning models.")] = False,
     base: Annotated[bool, typer.Option(help="Ask the base model instead of the tuned one.")] = False,
+    free: Annotated[bool, typer.Option(help="Label tasks: let the model answer in its own words instead of "
+                                            "one of the training labels.")] = False,
 ):
     """Ask the fine-tuned model, with the run's system prompt and chat template.
+
+    For label tasks the answer is one of the training labels (`evaluate.constrain_to_labels`);
+    `--free` shows what the model writes unconstrained.
 
     Decoding flags override the run's `evaluate.decoding` settings, e.g.
     `tunelab generate runs/demo -p "I sneeze and my eyes itch" --decoding beam --num-beams 4`.
@@ -364,6 +369,7 @@ def generate(
              "num_beams": num_beams, "repetition_penalty": repetition_penalty}
     overrides = [f"evaluate.decoding.{key}={value}" for key, value in flags.items() if value is not None]
     overrides += [f"evaluate.max_new_tokens={max_new_tokens}"] if max_new_tokens else []
+    overrides += ["evaluate.constrain_to_labels=false"] if free else []
     try:
         config = config_from_run_dir(run_dir, overrides)
         interactive = not prompt

@@ -238,6 +238,10 @@ class EvaluateConfig(Section):
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     batch_size: int = Field(16, gt=0)
     compare_base: bool = Field(True, description="Also score the untuned base model, same prompts.")
+    constrain_to_labels: bool = Field(True, description="Label tasks: decode only the known labels (a token "
+                                      "trie through transformers' generate; reasoning models think freely first), "
+                                      "so base and tuned are scored on the same footing; free answers are scored too "
+                                      "(free_accuracy). Also used by the search objective and `tunelab generate`.")
     baseline: bool = Field(True, description="Label tasks: also fit TF-IDF + logistic regression on the run's "
                            "training split and score it on the same examples (seconds), to show whether "
                            "fine-tuning was worth it.")

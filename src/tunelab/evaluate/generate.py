@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from tunelab.config import TunelabConfig
 from tunelab.data.chat import strip_thinking
-from tunelab.evaluate.runner import generate_answers, load_tuned
+from tunelab.evaluate.runner import generate_answers, known_labels, label_constraint, load_tuned
 from tunelab.rundir import RunDir
 
 
@@ -18,14 +18,19 @@ def chat_example(config: TunelabConfig, prompt: str) -> dict:
 
 def answers(config: TunelabConfig, run_dir: RunDir, prompts: Iterable[str], show_thinking: bool,
             base: bool = False) -> Iterator[tuple[str, str]]:
-    """(prompt, answer) for each prompt, one at a time so an interactive session answers as it goes."""
+    """(prompt, answer) for each prompt, one at a time so an interactive session answers as it goes.
+
+    For label tasks the answer is one of the training labels unless `evaluate.constrain_to_labels` is off.
+    """
     tuned, tokenizer, base_context = load_tuned(config, run_dir)
     tuned.eval()
     evaluate = config.evaluate
+    labels = known_labels(run_dir, []) if config.data.label_column else None
+    constraint = label_constraint(config, tokenizer, labels)
     for prompt in prompts:
         def generate(model, prompt=prompt):
             return generate_answers(model, tokenizer, [chat_example(config, prompt)], evaluate.max_new_tokens,
-                                    1, "answer", evaluate.decoding)[0]
+                                    1, "answer", evaluate.decoding, constraint)[0]
         if base:
             with base_context() as model:
                 text = generate(model)

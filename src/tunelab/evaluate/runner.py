@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.data.chat import encode_example, render_prompt
@@ -24,6 +25,7 @@ from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
+from tunelab.evaluate.constrain import LabelTrie
 from tunelab.evaluate.plots import plot_confusion
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.progress import progress_bar
@@ -40,9 +42,15 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int,
-                     batch_size: int, label: str, decoding: DecodingConfig | None = None) -> list[str]:
-    """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches."""
+                     batch_size: int, label: str, decoding: DecodingConfig | None = None,
+                     constraint: LabelTrie | None = None) -> list[str]:
+    """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches.
+
+    With a `constraint`, every answer is one of the labels (the budget then fits the longest one).
+    """
     decoding = decoding or DecodingConfig()
+    if constraint is not None:
+        max_new_tokens = max(max_new_tokens, constraint.longest)
     if decoding.strategy == "sampling":
         torch.manual_seed(decoding.seed)
     outputs: list[str] = []
@@ -55,7 +63,9 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
                 prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
                 inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
                 inputs = inputs.to(_device(model))
+                processors = [constraint.for_prompts_of_length(inputs["input_ids"].shape[1])] if constraint else []
                 generated = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                           logits_processor=LogitsProcessorList(processors),
                                            **decoding.generate_kwargs())
                 new_tokens = generated[:, inputs["input_ids"].shape[1]:]
                 outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -84,17 +94,37 @@ def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: in
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "answer_tokens": total_tokens}
 
 
-def score_model(model, tokenizer, examples, labels: list[str] | None, config: TunelabConfig,
-                name: str) -> tuple[dict[str, Any], list[str]]:
-    generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                   config.evaluate.batch_size, name, config.evaluate.decoding)
-    answers = [extract_answer(text) for text in generations]
+FREE_ANSWER_METRICS = ("unknown_label_rate", "prefix_accuracy")  # only free answers can miss the label set
+
+
+def score_model(model, tokenizer, examples, labels: list[str] | None, config: TunelabConfig, name: str,
+                constraint: LabelTrie | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Metrics and generations of one model: free answers, and with a `constraint` also answers
+    restricted to the labels, which then give the headline label metrics (free ones beside them)."""
+    evaluate = config.evaluate
+    generations = {"free": generate_answers(model, tokenizer, examples, evaluate.max_new_tokens,
+                                            evaluate.batch_size, name, evaluate.decoding)}
+    answers = [extract_answer(text) for text in generations["free"]]
     gold = [answer_text(example) for example in examples]
     metrics: dict[str, Any] = text_metrics(gold, answers)
     if labels:
         metrics |= label_metrics(gold, answers, labels)
-    metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, config.evaluate.batch_size)
+    if labels and constraint:
+        generations["constrained"] = generate_answers(model, tokenizer, examples, evaluate.max_new_tokens,
+                                                      evaluate.batch_size, f"{name}, labels only", evaluate.decoding,
+                                                      constraint)
+        free = {f"free_{key}": metrics[key] for key in ("accuracy", "macro_f1")}
+        constrained = label_metrics(gold, [extract_answer(t) for t in generations["constrained"]], labels)
+        metrics |= {key: value for key, value in constrained.items() if key not in FREE_ANSWER_METRICS} | free
+    metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, evaluate.batch_size)
     return metrics, generations
+
+
+def label_constraint(config: TunelabConfig, tokenizer, labels: list[str] | None) -> LabelTrie | None:
+    """The label trie when the task has labels and `evaluate.constrain_to_labels` is on."""
+    if not labels or not config.evaluate.constrain_to_labels:
+        return None
+    return LabelTrie(tokenizer, labels, config.data.system_prompt)
 
 
 def load_tuned(config: TunelabConfig, run_dir: RunDir):
@@ -143,16 +173,20 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
         raise TunelabError(f"{data_file or run_dir.split('test')}: no test examples")
     tuned, tokenizer, base_context = load_tuned(config, run_dir)
     tuned.eval()
-    labels = _known_labels(run_dir, examples) if config.data.label_column else None
+    labels = known_labels(run_dir, examples) if config.data.label_column else None
     if labels:
         check_distinct_labels(labels, data_file or str(run_dir.split("test")))
     results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl",
                                "decoding": config.evaluate.decoding.model_dump()}
-    generations: dict[str, list[str]] = {}
-    results["tuned"], generations["tuned"] = score_model(tuned, tokenizer, examples, labels, config, "tuned")
+    constraint = label_constraint(config, tokenizer, labels)
+    results["constrained_to_labels"] = constraint is not None
+    generations: dict[str, dict[str, list[str]]] = {}
+    results["tuned"], generations["tuned"] = score_model(tuned, tokenizer, examples, labels, config, "tuned",
+                                                         constraint)
     if config.evaluate.compare_base:
         with base_context() as base:
-            results["base"], generations["base"] = score_model(base, tokenizer, examples, labels, config, "base")
+            results["base"], generations["base"] = score_model(base, tokenizer, examples, labels, config, "base",
+                                                               constraint)
     baseline_answers = None
     if labels and config.evaluate.baseline:
         results["baseline"], baseline_answers = baseline_metrics(read_jsonl(run_dir.split("train")), examples, labels)
@@ -162,19 +196,24 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     return results
 
 
-def _known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
+def known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
     """Labels seen in training (the model's vocabulary of answers) plus any in the scored data."""
     train = read_jsonl(run_dir.split("train")) if run_dir.split("train").exists() else []
     return sorted({e["label"] for e in train + examples if "label" in e})
 
 
 def _write(destination: Path, examples, labels, results, generations, baseline_answers) -> None:
+    """predictions.jsonl holds each model's scored answer (constrained when the labels were enforced),
+    its free answer beside it, and the baseline's label."""
+    headline = {name: kinds.get("constrained", kinds["free"]) for name, kinds in generations.items()}
     predictions = []
     for index, example in enumerate(examples):
         record = {"id": example.get("id"), "input": user_text(example), "gold": answer_text(example)}
-        for name, texts in generations.items():
+        for name, texts in headline.items():
             record[f"{name}_answer"] = extract_answer(texts[index])
             record[f"{name}_generation"] = texts[index]
+            if "constrained" in generations[name]:
+                record[f"{name}_free_answer"] = extract_answer(generations[name]["free"][index])
         if baseline_answers:
             record["baseline_answer"] = baseline_answers[index]
         predictions.append(record)
@@ -183,7 +222,7 @@ def _write(destination: Path, examples, labels, results, generations, baseline_a
         write_jsonl(folder / "predictions.jsonl", predictions)
         if labels:
             gold = [answer_text(e) for e in examples]
-            for name, texts in generations.items():
+            for name, texts in headline.items():
                 predicted = [match_label(extract_answer(t), labels) for t in texts]
                 accuracy = results[name]["accuracy"]
                 plot_confusion(gold, predicted, labels, folder / f"confusion_{name}.png",
@@ -225,7 +264,8 @@ def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: lis
                 return answer_loss(model, tokenizer, examples, config.train.max_length,
                                    config.evaluate.batch_size)["loss"]
             generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                           config.evaluate.batch_size, "validation", config.evaluate.decoding)
+                                           config.evaluate.batch_size, "validation", config.evaluate.decoding,
+                                           label_constraint(config, tokenizer, labels))
         gold = [answer_text(e) for e in examples]
         return label_metrics(gold, [extract_answer(text) for text in generations], labels)[metric]
     finally:
