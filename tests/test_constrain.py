@@ -1,4 +1,5 @@
-"""Answers restricted to the label set, through transformers' own generate, on a random tiny model."""
+"""Answers restricted to the label set (through transformers' own generate) and answer budgets that fit
+reasoning models, on a random tiny model."""
 
 import copy
 
@@ -7,9 +8,10 @@ from transformers import AutoModelForCausalLM
 
 from conftest import make_label_rows
 from test_chat import R1_TEMPLATE
-from tunelab.config import DecodingConfig
+from tunelab.config import DecodingConfig, TunelabConfig
+from tunelab.data.chat import answer_budget
 from tunelab.evaluate.constrain import LabelTrie, label_completion_ids
-from tunelab.evaluate.runner import generate_answers
+from tunelab.evaluate.runner import generate_answers, label_constraint, score_model
 from tunelab.evaluate.scoring import extract_answer
 
 LABELS = ["Flu", "Migraine", "Eczema", "Cold", "Cold sore", "Common Cold"]  # shared prefixes on purpose
@@ -53,3 +55,26 @@ def test_a_reasoning_model_thinks_freely_then_answers_a_label(tiny_tokenizer):
     after = trie.allowed([*thought, close])
     answer = tokenizer("\n\nFlu", add_special_tokens=False)["input_ids"]
     assert answer[0] in after and trie.allowed([*thought, close, *answer]) is not None
+
+
+def test_the_answer_budget_fits_the_model_unless_set(tiny_tokenizer):
+    reasoning = copy.deepcopy(tiny_tokenizer)
+    reasoning.chat_template = R1_TEMPLATE
+    assert answer_budget(tiny_tokenizer, None) == 32
+    assert answer_budget(reasoning, None) == 1024  # a whole thinking block fits
+    assert answer_budget(reasoning, 48) == 48
+
+
+def test_unfinished_thinking_is_counted_not_silently_scored_as_no_answer(tiny_model_dir, tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = R1_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    config = TunelabConfig(data={"source": "x.csv", "input_column": "text", "label_column": "label"},
+                           evaluate={"max_new_tokens": 3})  # far too short for a random model to close </think>
+    examples = [dict(e, label=e["messages"][-1]["content"]) for e in _examples(4)]
+    labels = sorted({e["label"] for e in examples})
+    metrics, _ = score_model(model, tokenizer, examples, labels, config, "tuned", label_constraint(config, tokenizer,
+                                                                                                     labels))
+    assert metrics["truncated_thinking_rate"] == 1.0 and metrics["accuracy"] == 0.0
+    plain, _ = score_model(model, tiny_tokenizer, examples, labels, config, "tuned")
+    assert "truncated_thinking_rate" not in plain

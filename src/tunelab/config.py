@@ -234,7 +234,10 @@ class DecodingConfig(Section):
 
 
 class EvaluateConfig(Section):
-    max_new_tokens: int = Field(32, gt=0, description="Answer budget; reasoning models need more.")
+    max_new_tokens: int | None = Field(None, gt=0, description="Answer budget in new tokens; null: what fits the "
+                                       "model, 32 for plain instruct models, 1024 when the chat template opens a "
+                                       "<think> block (reasoning models). Unfinished thinking is counted "
+                                       "(truncated_thinking_rate), never silently scored as no answer.")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     batch_size: int = Field(16, gt=0)
     compare_base: bool = Field(True, description="Also score the untuned base model, same prompts.")

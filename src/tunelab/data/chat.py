@@ -26,8 +26,33 @@ class Encoded:
     truncated: bool
 
 
+PLAIN_ANSWER_BUDGET = 32  # new tokens for a short answer and its end-of-turn marker
+THINKING_ANSWER_BUDGET = 1024  # room for a whole thinking block before the answer
+
+
 def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _opens_thinking(prompt: str) -> bool:
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def opens_thinking(tokenizer) -> bool:
+    """Whether the template's generation prompt opens a `<think>` block (DeepSeek-R1-Distill does)."""
+    return _opens_thinking(render_prompt(tokenizer, [{"role": "user", "content": "?"}]))
+
+
+def answer_budget(tokenizer, requested: int | None) -> int:
+    """`evaluate.max_new_tokens` when set, else what fits the model: a thinking block needs far more."""
+    if requested is not None:
+        return requested
+    return THINKING_ANSWER_BUDGET if opens_thinking(tokenizer) else PLAIN_ANSWER_BUDGET
+
+
+def thinking_unfinished(generated: str) -> bool:
+    """A generation that opened (or was prompted into) a thinking block and never closed it."""
+    return THINK_CLOSE not in generated
 
 
 def render_completion(tokenizer, example: dict[str, Any], prompt: str) -> str:
@@ -40,7 +65,7 @@ def render_completion(tokenizer, example: dict[str, Any], prompt: str) -> str:
     # the generation prompt only): keep the answer and the end-of-turn suffix the template adds.
     at = full.rfind(answer)
     suffix = full[at + len(answer):] if at >= 0 else (tokenizer.eos_token or "")
-    opening = f"\n{THINK_CLOSE}\n\n" if prompt.rstrip().endswith(THINK_OPEN) else ""
+    opening = f"\n{THINK_CLOSE}\n\n" if _opens_thinking(prompt) else ""
     return opening + answer + suffix
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from tunelab.config import DecodingConfig, TunelabConfig
-from tunelab.data.chat import encode_example, render_prompt
+from tunelab.data.chat import answer_budget, encode_example, opens_thinking, render_prompt, thinking_unfinished
 from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
 from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
@@ -41,14 +41,16 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int,
+def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int | None,
                      batch_size: int, label: str, decoding: DecodingConfig | None = None,
                      constraint: LabelTrie | None = None) -> list[str]:
     """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches.
 
-    With a `constraint`, every answer is one of the labels (the budget then fits the longest one).
+    `max_new_tokens` None: the budget that fits the model (`answer_budget`). With a `constraint`, every
+    answer is one of the labels (the budget then fits the longest one).
     """
     decoding = decoding or DecodingConfig()
+    max_new_tokens = answer_budget(tokenizer, max_new_tokens)
     if constraint is not None:
         max_new_tokens = max(max_new_tokens, constraint.longest)
     if decoding.strategy == "sampling":
@@ -116,6 +118,9 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
         free = {f"free_{key}": metrics[key] for key in ("accuracy", "macro_f1")}
         constrained = label_metrics(gold, [extract_answer(t) for t in generations["constrained"]], labels)
         metrics |= {key: value for key, value in constrained.items() if key not in FREE_ANSWER_METRICS} | free
+    if opens_thinking(tokenizer):
+        scored = generations.get("constrained", generations["free"])
+        metrics["truncated_thinking_rate"] = sum(map(thinking_unfinished, scored)) / max(len(scored), 1)
     metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, evaluate.batch_size)
     return metrics, generations
 
@@ -177,7 +182,8 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     if labels:
         check_distinct_labels(labels, data_file or str(run_dir.split("test")))
     results: dict[str, Any] = {"n_test": len(examples), "data": data_file or "data/test.jsonl",
-                               "decoding": config.evaluate.decoding.model_dump()}
+                               "decoding": config.evaluate.decoding.model_dump(),
+                               "max_new_tokens": answer_budget(tokenizer, config.evaluate.max_new_tokens)}
     constraint = label_constraint(config, tokenizer, labels)
     results["constrained_to_labels"] = constraint is not None
     generations: dict[str, dict[str, list[str]]] = {}

@@ -10,7 +10,8 @@ from tunelab.data.chat import strip_thinking
 from tunelab.data.labels import normalize
 
 # The headline numbers, in the order tables show them; the last two come from teacher forcing.
-GENERATION_METRICS = ("accuracy", "macro_f1", "unknown_label_rate", "prefix_accuracy", "exact_match", "token_f1")
+GENERATION_METRICS = ("accuracy", "macro_f1", "free_accuracy", "free_macro_f1", "unknown_label_rate",
+                      "prefix_accuracy", "truncated_thinking_rate", "exact_match", "token_f1")
 REPORTED_METRICS = (*GENERATION_METRICS, "loss", "perplexity")
 
 

@@ -10,6 +10,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tunelab.config import TunelabConfig
+from tunelab.data.chat import PLAIN_ANSWER_BUDGET
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
 from tunelab.rundir import RunDir
@@ -76,7 +77,7 @@ def _data_summary(run_dir: RunDir) -> str:
                f"{report['sample']['pool']} rows" if "sample" in report else "") + ".")
 
 
-def _usage(config: TunelabConfig, repo_id: str, merged: bool) -> str:
+def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int) -> str:
     system = config.data.system_prompt or ""
     if config.train.method == "full" or merged:
         load = (f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
@@ -94,7 +95,7 @@ def _usage(config: TunelabConfig, repo_id: str, merged: bool) -> str:
 messages = [{{"role": "system", "content": {system!r}}},
             {{"role": "user", "content": "I have had a fever and a dry cough for three days."}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-answer = model.generate(**inputs, max_new_tokens={config.evaluate.max_new_tokens}, do_sample=False)
+answer = model.generate(**inputs, max_new_tokens={budget}, do_sample=False)
 print(tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```"""
 
@@ -135,7 +136,7 @@ If the data is medical: this is **not a medical device and not medical advice**;
 
 ## How to use
 
-{_usage(config, repo_id, merged)}
+{_usage(config, repo_id, merged, metrics.get("max_new_tokens") or PLAIN_ANSWER_BUDGET)}
 
 ## Plots
 
