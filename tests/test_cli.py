@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import make_label_rows, write_config, write_csv
@@ -44,6 +45,11 @@ def test_train_then_evaluate_fresh_cases_end_to_end(tmp_path, label_csv, tiny_mo
     assert {"input", "gold", "base_answer", "tuned_answer", "tuned_free_answer", "baseline_answer"} <= set(
         predictions[0])
     assert {p["base_answer"] for p in predictions} <= {"Flu", "Migraine", "Eczema"}  # constrained: labels only
+    top = predictions[0]["tuned_top_labels"]  # [label, probability], most probable first
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] and sum(p for _, p in top) == pytest.approx(1, 1e-3)
+    tuned = metrics["tuned"]
+    assert tuned["top1_accuracy"] <= tuned["top3_accuracy"] == 1.0 and 0 <= tuned["expected_calibration_error"] <= 1
+    assert (run / "eval" / "reliability.png").stat().st_size > 1000
     assert (run / "eval" / "confusion_tuned.png").stat().st_size > 1000
     assert (run / "model" / "loss.png").is_file()
 

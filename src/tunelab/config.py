@@ -245,6 +245,9 @@ class EvaluateConfig(Section):
                                       "trie through transformers' generate; reasoning models think freely first), "
                                       "so base and tuned are scored on the same footing; free answers are scored too "
                                       "(free_accuracy). Also used by the search objective and `tunelab generate`.")
+    label_probabilities: bool = Field(True, description="Label tasks: score every label's log-likelihood after "
+                                      "the prompt (one prompt pass, labels on its KV cache) for top-1/top-3 accuracy, "
+                                      "calibration error, a reliability plot and each row's top-3 labels.")
     baseline: bool = Field(True, description="Label tasks: also fit TF-IDF + logistic regression on the run's "
                            "training split and score it on the same examples (seconds), to show whether "
                            "fine-tuning was worth it.")

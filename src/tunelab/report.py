@@ -145,6 +145,7 @@ def _evaluation(run: RunDir, examples: int) -> str:
     if metrics.get("verdict"):
         body += f"<p><strong>{html.escape(metrics['verdict'])}</strong></p>"
     figures = [_image(run.eval / f"confusion_{n}.png", f"confusion matrix, {n}") for n in names]
+    figures.append(_image(run.eval / "reliability.png", "reliability of the label probabilities"))
     body += f'<div class="figures">{"".join(figures)}</div>'
     predictions_path = run.eval / "predictions.jsonl"
     predictions = read_jsonl(predictions_path)[:examples] if predictions_path.is_file() else []

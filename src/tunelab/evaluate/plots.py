@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: the loss curve and the confusion matrix."""
+"""Pictures people would rather look at than read: the loss curve, the confusion matrix, reliability."""
 
 from __future__ import annotations
 
@@ -58,5 +58,25 @@ def plot_confusion(gold: list[str], predicted: list[str | None], labels: list[st
     axis.set_xlabel("predicted")
     axis.set_ylabel("gold")
     axis.set_title(title)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_reliability(curves: dict[str, list[tuple[float, float, int]]], path: Path) -> None:
+    """Accuracy against confidence per bin for each model: on the diagonal a model knows when it is right."""
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for name, bins in curves.items():
+        confidence, accuracy, rows = zip(*bins, strict=True)
+        axis.plot(confidence, accuracy, "o-", label=name)
+        for x, y, n in bins:
+            axis.annotate(str(n), (x, y), fontsize=6, textcoords="offset points", xytext=(3, -8))
+    axis.set_xlabel("confidence of the top label")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title("reliability (rows per bin annotated)")
     figure.tight_layout()
     save_figure(figure, path)

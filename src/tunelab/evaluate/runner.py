@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LogitsProcessorList
 
@@ -26,7 +27,14 @@ from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
 from tunelab.evaluate.constrain import LabelTrie
-from tunelab.evaluate.plots import plot_confusion
+from tunelab.evaluate.label_scores import (
+    calibration_bins,
+    label_distributions,
+    label_log_likelihoods,
+    probability_metrics,
+    top_labels,
+)
+from tunelab.evaluate.plots import plot_confusion, plot_reliability
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
@@ -118,6 +126,11 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
         free = {f"free_{key}": metrics[key] for key in ("accuracy", "macro_f1")}
         constrained = label_metrics(gold, [extract_answer(t) for t in generations["constrained"]], labels)
         metrics |= {key: value for key, value in constrained.items() if key not in FREE_ANSWER_METRICS} | free
+    if labels and evaluate.label_probabilities:
+        probabilities = label_distributions(label_log_likelihoods(model, tokenizer, examples, labels,
+                                                                  config.data.system_prompt))
+        metrics |= probability_metrics(probabilities, gold, labels)
+        generations["top_labels"] = top_labels(probabilities, labels)
     if opens_thinking(tokenizer):
         scored = generations.get("constrained", generations["free"])
         metrics["truncated_thinking_rate"] = sum(map(thinking_unfinished, scored)) / max(len(scored), 1)
@@ -210,8 +223,9 @@ def known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
 
 def _write(destination: Path, examples, labels, results, generations, baseline_answers) -> None:
     """predictions.jsonl holds each model's scored answer (constrained when the labels were enforced),
-    its free answer beside it, and the baseline's label."""
+    its free answer and its top-3 labels with probabilities beside it, and the baseline's label."""
     headline = {name: kinds.get("constrained", kinds["free"]) for name, kinds in generations.items()}
+    ranked = {name: kinds["top_labels"] for name, kinds in generations.items() if "top_labels" in kinds}
     predictions = []
     for index, example in enumerate(examples):
         record = {"id": example.get("id"), "input": user_text(example), "gold": answer_text(example)}
@@ -220,6 +234,8 @@ def _write(destination: Path, examples, labels, results, generations, baseline_a
             record[f"{name}_generation"] = texts[index]
             if "constrained" in generations[name]:
                 record[f"{name}_free_answer"] = extract_answer(generations[name]["free"][index])
+            if name in ranked:
+                record[f"{name}_top_labels"] = ranked[name][index]
         if baseline_answers:
             record["baseline_answer"] = baseline_answers[index]
         predictions.append(record)
@@ -233,6 +249,15 @@ def _write(destination: Path, examples, labels, results, generations, baseline_a
                 accuracy = results[name]["accuracy"]
                 plot_confusion(gold, predicted, labels, folder / f"confusion_{name}.png",
                                f"{name} model, accuracy {accuracy:.3f}")
+            if ranked:
+                plot_reliability({name: _reliability(top, gold) for name, top in ranked.items()},
+                                 folder / "reliability.png")
+
+
+def _reliability(top: list[list[list[Any]]], gold: list[str]) -> list[tuple[float, float, int]]:
+    confidence = np.array([row[0][1] for row in top])
+    correct = np.array([row[0][0] == label for row, label in zip(top, gold, strict=True)])
+    return calibration_bins(confidence, correct)
 
 
 def example_rows(folder: Path, count: int) -> list[dict[str, Any]]:

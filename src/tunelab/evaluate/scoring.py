@@ -9,10 +9,12 @@ from typing import Any
 from tunelab.data.chat import strip_thinking
 from tunelab.data.labels import normalize
 
-# The headline numbers, in the order tables show them; the last two come from teacher forcing.
+# The headline numbers, in the order tables show them; the rest come from teacher forcing (label
+# likelihoods, answer loss).
 GENERATION_METRICS = ("accuracy", "macro_f1", "free_accuracy", "free_macro_f1", "unknown_label_rate",
                       "prefix_accuracy", "truncated_thinking_rate", "exact_match", "token_f1")
-REPORTED_METRICS = (*GENERATION_METRICS, "loss", "perplexity")
+PROBABILITY_METRICS = ("top1_accuracy", "top3_accuracy", "expected_calibration_error")
+REPORTED_METRICS = (*GENERATION_METRICS, *PROBABILITY_METRICS, "loss", "perplexity")
 
 
 def extract_answer(generated: str) -> str:
