@@ -1,6 +1,7 @@
 """Chat rendering with the model's own template, answer-only masking, and answer extraction."""
 
 import copy
+from collections import Counter
 
 import pytest
 
@@ -130,3 +131,21 @@ def test_token_f1():
     assert token_f1("red itchy rash", "itchy red rash") == 1.0
     assert token_f1("red rash", "itchy red rash") == pytest.approx(0.8)
     assert token_f1("", "rash") == 0.0
+
+
+def test_evaluation_subset_is_stratified_not_the_first_rows_and_names_labels_left_out(caplog):
+    from tunelab.evaluate.runner import evaluation_subset
+
+    rows = [{"id": str(i), "label": label} for label in ("A", "B", "C") for i in range(20)]  # sorted by label
+    subset = evaluation_subset(rows, 15, seed=0)
+    assert Counter(e["label"] for e in subset) == {"A": 5, "B": 5, "C": 5}
+    assert subset == evaluation_subset(rows, 15, seed=0) != evaluation_subset(rows, 15, seed=1)
+    with caplog.at_level("WARNING"):
+        assert len(evaluation_subset(rows, 2, seed=0)) == 2
+    assert "1 labels are not in the scored subset" in caplog.text
+
+
+def test_per_label_numbers_cover_only_the_labels_scored():
+    metrics = label_metrics(["A", "A"], ["A", "B"], ["A", "B", "C"])
+    assert metrics["per_class_recall"] == {"A": 0.5}
+    assert metrics["macro_f1"] == pytest.approx(2 / 3)  # label A only: precision 1, recall 0.5

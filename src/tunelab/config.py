@@ -251,7 +251,8 @@ class EvaluateConfig(Section):
     baseline: bool = Field(True, description="Label tasks: also fit TF-IDF + logistic regression on the run's "
                            "training split and score it on the same examples (seconds), to show whether "
                            "fine-tuning was worth it.")
-    max_examples: int | None = Field(None, gt=0, description="Score only the first N test rows.")
+    max_examples: int | None = Field(None, gt=0, description="Score a label-stratified subset of N test rows "
+                                     "(the run's seed; labels it leaves out are named); null: all.")
     num_examples_shown: int = Field(5, ge=0, description="Example predictions printed at the end.")
 
 

@@ -50,14 +50,15 @@ def label_metrics(gold: list[str], answers: list[str], labels: list[str]) -> dic
     unknown = "<unknown>"
     predicted = [match_label(answer, labels) for answer in answers]
     filled = [p if p is not None else unknown for p in predicted]
-    recalls = recall_score(gold, filled, labels=labels, average=None, zero_division=0)
+    scored = [label for label in labels if label in set(gold)]  # averages cover the labels actually tested
+    recalls = recall_score(gold, filled, labels=scored, average=None, zero_division=0)
     prefix = [match_label_prefix(answer, labels) for answer in answers]
     return {
         "accuracy": float(accuracy_score(gold, filled)),
-        "macro_f1": float(f1_score(gold, filled, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, filled, labels=scored, average="macro", zero_division=0)),
         "unknown_label_rate": sum(p is None for p in predicted) / max(len(predicted), 1),
         "prefix_accuracy": sum(p == g for p, g in zip(prefix, gold, strict=True)) / max(len(gold), 1),
-        "per_class_recall": {label: float(r) for label, r in zip(labels, recalls, strict=True)},
+        "per_class_recall": {label: float(r) for label, r in zip(scored, recalls, strict=True)},
     }
 
 
