@@ -65,7 +65,7 @@ CASES = {
     "unknown method": (lambda t: {"data": {"source": csv_file(t)}, "train": {"method": "dora"}},
                        "'train.method': Input should be 'full', 'lora' or 'qlora'"),
     "mistyped key": (lambda t: {"data": {"source": csv_file(t)}, "train": {"learning_rte": 1e-4}},
-                     "unknown key 'train.learning_rte' (allowed:"),
+                     "unknown key 'train.learning_rte' (did you mean train.learning_rate? allowed:"),
     "value of the wrong type": (lambda t: {"data": {"source": csv_file(t)}, "train": {"epochs": "many"}},
                                 "'train.epochs': Input should be a valid number"),
     "a directory that is no model": (lambda t: {"data": {"source": csv_file(t)}, "model": {

@@ -62,9 +62,12 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     assert config.train.method == "full"
 
 
-def test_set_override_is_validated_like_the_file(tmp_path):
-    with pytest.raises(TunelabError, match="unknown key 'train.epoch'"):
-        load_config(write(tmp_path, BASE), ["train.epoch=2"])
+def test_set_override_is_validated_like_the_file_and_blamed_with_a_suggestion(tmp_path):
+    with pytest.raises(TunelabError, match=r"^--set train.learning_rat: unknown key 'train.learning_rat' "
+                                           r"\(did you mean train.learning_rate\? allowed: "):
+        load_config(write(tmp_path, BASE), ["train.learning_rat=1e-4"])
+    with pytest.raises(TunelabError, match=r"c.yaml: unknown key 'train.lora.alhpa' \(did you mean train.lora.alpha\?"):
+        load_config(write(tmp_path, {**BASE, "train": {"lora": {"alhpa": 8}}}))
     with pytest.raises(TunelabError, match="expected KEY=VALUE"):
         load_config(write(tmp_path, BASE), ["train.epochs"])
 

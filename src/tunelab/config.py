@@ -8,6 +8,7 @@ which `save_config` writes into the run directory with every default filled in.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -305,13 +306,21 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+def _describe(error: ValidationError, origin: str, overridden: set[str]) -> str:
+    """One line naming the key, and where it came from: the file, or the --set that introduced it."""
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
+    if location in overridden:
+        origin = f"--set {location}"
     if first["type"] == "extra_forbidden":
         owner = _model_at(first["loc"])
-        allowed = ", ".join(sorted(owner.model_fields)) if owner else "?"
-        return f"{origin}: unknown key '{location}' (allowed: {allowed})"
+        if owner is None:
+            return f"{origin}: unknown key '{location}'"
+        allowed = sorted(owner.model_fields)
+        close = difflib.get_close_matches(str(first["loc"][-1]), allowed, n=1)
+        prefix = ".".join(str(part) for part in first["loc"][:-1])
+        hint = f"did you mean {'.'.join(filter(None, [prefix, close[0]]))}? " if close else ""
+        return f"{origin}: unknown key '{location}' ({hint}allowed: {', '.join(allowed)})"
     if first["type"] == "missing":
         return f"{origin}: missing required key '{location}'"
     where = f"'{location}'" if location else "config"
@@ -329,15 +338,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Tunelab
         raise TunelabError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(tree, dict):
         raise TunelabError(f"{path}: the top level must be a mapping of sections")
+    overridden = set()
     for override in overrides or []:
         if "=" not in override:
             raise TunelabError(f"--set {override}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
         dotted, raw_value = override.split("=", 1)
         _set_dotted(tree, dotted.strip(), raw_value.strip())
+        overridden.add(dotted.strip())
     try:
         config = TunelabConfig.model_validate(tree)
     except ValidationError as exc:
-        raise TunelabError(_describe(exc, str(path))) from None
+        raise TunelabError(_describe(exc, str(path), overridden)) from None
     return _resolve_relative_paths(config, path.parent)
 
 
