@@ -17,7 +17,7 @@ TUNELAB = [sys.executable, "-m", "tunelab"]
 
 def run(config, run_dir, *extra, check=True):
     done = subprocess.run([*TUNELAB, "run", str(config), "-o", str(run_dir), *extra],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -43,6 +43,10 @@ def test_second_run_skips_every_stage_and_a_change_reruns_what_follows(tmp_path,
     assert "| loss | " in card and f"{tuned['loss']:.4f}" in card and "trials scored on the validation split" in card
     weights = tmp_path / "run" / "model" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+             for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")] if not path.name.endswith(".lock")}
+    expected = {name: oct(0o755) if (tmp_path / name).is_dir() else oct(0o644) for name in modes}
+    assert modes == expected  # what a normal write gives under umask 022, atomic writes included
 
     started = time.perf_counter()
     second = run(config, tmp_path / "run")

@@ -57,6 +57,21 @@ class RunDir:
         return self.data / f"{name}.jsonl"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def permissions_of_a_normal_write(path: Path) -> None:
+    """mkstemp and mkdtemp create 0600 files and 0700 folders (and so does safetensors for weights); give
+    `path`, and everything under it, what open() and mkdir() would (0644 and 0755 under umask 022), so
+    teammates on a shared machine can read the run."""
+    mask = _current_umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[int]:
     """A file descriptor to write `path` through: a temporary file of its own beside `path`, renamed over
@@ -66,6 +81,7 @@ def replaced_atomically(path: Path) -> Iterator[int]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         yield fd
+        permissions_of_a_normal_write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -99,6 +115,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         yield tmp
+        permissions_of_a_normal_write(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

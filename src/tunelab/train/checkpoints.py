@@ -23,6 +23,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from tunelab.rundir import permissions_of_a_normal_write
+
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
@@ -95,6 +97,7 @@ class AtomicCheckpointTrainer(Trainer):
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             staged = staging_root / name
             (staged / COMPLETE_MARKER).write_text(f"step {self.state.global_step}\n")
+            permissions_of_a_normal_write(staged)
             _fsync_tree(staged)
             target = final_root / name
             if target.exists():
