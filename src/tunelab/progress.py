@@ -1,8 +1,59 @@
-"""Progress bars on stderr, so stdout carries only results (answers, tables) and can be piped."""
+"""Progress on stderr, so stdout carries only results (answers, tables) and can be piped.
+
+On a terminal: a rich bar with the elapsed time and an ETA. When stderr is not a terminal (a log
+file, CI, `2>&1 | tee`), rich draws nothing, so a plain progress line is logged at a steady
+interval instead: a 12-minute evaluation never looks like a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+log = logging.getLogger("tunelab.progress")
+LOG_EVERY_SECONDS = 30.0
 
 
-def progress_bar() -> Progress:
-    return Progress(console=Console(stderr=True), transient=True)
+class LoggedProgress(Progress):
+    """A rich Progress that also logs `description: done/total (share), elapsed, ETA` every
+    `log_every` seconds when its console is not a terminal."""
+
+    def __init__(self, *args, log_every: float = LOG_EVERY_SECONDS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log_every = log_every
+        self._logged_at: dict[TaskID, float] = {}
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_now_and_then(task_id)
+
+    def _log_now_and_then(self, task_id: TaskID) -> None:
+        if self.console.is_terminal:
+            return
+        now = time.monotonic()
+        task = self._tasks[task_id]
+        last = self._logged_at.setdefault(task_id, now)
+        if now - last < self.log_every and not task.finished:
+            return
+        self._logged_at[task_id] = now
+        share = f" ({task.completed / task.total:.0%})" if task.total else ""
+        eta = f", ETA {task.time_remaining:.0f} s" if task.time_remaining is not None and not task.finished else ""
+        log.info("%s: %d/%s%s, %.0f s elapsed%s", task.description, task.completed,
+                 int(task.total) if task.total else "?", share, task.elapsed or 0.0, eta)
+
+
+def progress_bar(log_every: float = LOG_EVERY_SECONDS) -> Progress:
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                          log_every=log_every)
