@@ -24,6 +24,19 @@ def test_gmeans_finds_k_on_24_blobs_in_384_dimensions():
     assert 22 <= found.k <= 26, found.history
 
 
+def test_gmeans_reaching_k_max_is_reported(tmp_path, caplog):
+    from tunelab.workflow import _prepare
+
+    rows = make_label_rows(per_label=40)
+    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
+                                 "label_column": "label"}, prepare={"k_max": 2, "min_cluster_size": 2},
+                           output_dir=str(tmp_path / "run"))
+    with caplog.at_level("WARNING", logger="tunelab"):
+        report = _prepare(config, RunDir(config.output_dir))
+    assert report["clusters"]["k"] == 2 and report["clusters"]["stopped_at_k_max"] is True
+    assert "G-means stopped at its bound, K = prepare.k_max = 2" in caplog.text
+
+
 def test_gmeans_finds_k_on_low_dimensional_blobs():
     grid = [(x, y) for x in (0, 12, 24) for y in (0, 12, 24)]
     vectors, _ = make_blobs(n_samples=900, centers=grid, cluster_std=1.0, random_state=1)

@@ -56,6 +56,9 @@ def _prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
     counts = report["counts"]
     log.info("data: %d rows read, %s; K=%d clusters; split %s", counts["rows_read"], duplicates_summary(report),
              report["clusters"]["k"], report["sizes"])
+    if report["clusters"].get("stopped_at_k_max"):
+        log.warning("G-means stopped at its bound, K = prepare.k_max = %d: the data may hold more clusters "
+                    "(raise prepare.k_max to let it look further)", report["clusters"]["k"])
     return report
 
 
