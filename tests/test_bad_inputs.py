@@ -52,7 +52,8 @@ CASES = {
     "non-string value": (lambda t: {"data": {"source": raw_file(t, "d2.jsonl", b'{"text": ["a"], "label": "b"}\n')}},
                          "d2.jsonl: row 1: 'text' is not text (list)"),
     "unseen test label": (lambda t: {"data": {"source": csv_file(t), "test_file": csv_file(
-        t, [{"text": "brand new text", "label": "Gout"}], "test.csv")}}, "test label 'Gout' never appears in training"),
+        t, [{"text": "brand new text", "label": "Gout"}], "test.csv")}},
+        "1 test label never appears in training: 'Gout'"),
     "last message not the answer": (lambda t: {"data": {"source": raw_file(
         t, "chat.jsonl", b'{"chat": [{"role": "user", "content": "hi"}]}\n'), "input_column": None,
         "label_column": None, "messages_column": "chat"}}, "row 1: the last message must be the assistant's answer"),

@@ -118,5 +118,9 @@ def test_test_label_unseen_in_training_is_an_error(tmp_path):
     rows = make_label_rows(per_label=4)
     train_path = write_csv(tmp_path / "train.csv", rows)
     test_path = write_csv(tmp_path / "test.csv", [{"text": "brand new text", "label": "Gout"}])
-    with pytest.raises(TunelabError, match="test label 'Gout' never appears in training"):
+    with pytest.raises(TunelabError, match="1 test label never appears in training: 'Gout'$"):
+        build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))
+    many = [{"text": f"new text number {i}", "label": f"Label{i:02d}"} for i in range(23)]
+    write_csv(test_path, many)
+    with pytest.raises(TunelabError, match="23 test labels never appear in training: 'Label00', .*'Label19' and 3 "):
         build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))

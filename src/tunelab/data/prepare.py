@@ -30,6 +30,7 @@ from tunelab.rundir import RunDir, exclusive, staged_directory, write_json, writ
 
 SPLITS = ("train", "validation", "test")
 SHOWN_PAIRS = 20  # pairs of each kind the report lists
+SHOWN_LABELS = 20  # labels named in one error line
 
 
 @dataclass
@@ -206,7 +207,11 @@ def _check_test_labels(train: list[dict], test: list[dict], origin: str) -> None
     seen = {example.get("label") for example in train}
     unseen = sorted({e["label"] for e in test if "label" in e and e["label"] not in seen})
     if unseen:
-        raise TunelabError(f"{origin}: test label '{unseen[0]}' never appears in training ({len(unseen)} such)")
+        shown = ", ".join(f"'{label}'" for label in unseen[:SHOWN_LABELS])
+        more = f" and {len(unseen) - SHOWN_LABELS} more" if len(unseen) > SHOWN_LABELS else ""
+        plural = "s" if len(unseen) > 1 else ""
+        raise TunelabError(f"{origin}: {len(unseen)} test label{plural} never appear{'' if plural else 's'} in "
+                           f"training: {shown}{more}")
 
 
 def duplicates_summary(report: dict[str, Any]) -> str:
