@@ -88,3 +88,11 @@ def test_missing_or_invalid_yaml_file(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(TunelabError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_label_probabilities_auto_stops_where_they_cost_several_generations():
+    from tunelab.config import EvaluateConfig
+
+    assert EvaluateConfig().scores_label_probabilities(24) and not EvaluateConfig().scores_label_probabilities(151)
+    assert EvaluateConfig(label_probabilities=True).scores_label_probabilities(151)
+    assert not EvaluateConfig(label_probabilities=False).scores_label_probabilities(3)

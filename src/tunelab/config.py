@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 
 DEFAULT_GPU_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 DEFAULT_SYSTEM_PROMPT = "Given the patient's symptoms, answer with the most likely diagnosis."
+LABEL_PROBABILITIES_AUTO_LABELS = 32  # label scoring costs grow with the labels: auto stops here
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -246,15 +247,23 @@ class EvaluateConfig(Section):
                                       "trie through transformers' generate; reasoning models think freely first), "
                                       "so base and tuned are scored on the same footing; free answers are scored too "
                                       "(free_accuracy). Also used by the search objective and `tunelab generate`.")
-    label_probabilities: bool = Field(True, description="Label tasks: score every label's log-likelihood after "
-                                      "the prompt (one prompt pass, labels on its KV cache) for top-1/top-3 accuracy, "
-                                      "calibration error, a reliability plot and each row's top-3 labels.")
+    label_probabilities: bool | Literal["auto"] = Field(
+        "auto", description="Label tasks: score every label's log-likelihood after the prompt (one prompt pass, "
+        "labels on its KV cache) for top-1/top-3 accuracy, calibration error, a reliability plot and each row's "
+        f"top-3 labels. auto: with up to {LABEL_PROBABILITIES_AUTO_LABELS} labels (SmolLM2 on CPU: 1.8x the cost of "
+        "free generation at 24 labels, 10.7x at 151; bench/RESULTS.md).")
     baseline: bool = Field(True, description="Label tasks: also fit TF-IDF + logistic regression on the run's "
                            "training split and score it on the same examples (seconds), to show whether "
                            "fine-tuning was worth it.")
     max_examples: int | None = Field(None, gt=0, description="Score a label-stratified subset of N test rows "
                                      "(the run's seed; labels it leaves out are named); null: all.")
     num_examples_shown: int = Field(5, ge=0, description="Example predictions printed at the end.")
+
+    def scores_label_probabilities(self, labels: int) -> bool:
+        """`label_probabilities` resolved for a task with this many labels."""
+        if self.label_probabilities == "auto":
+            return labels <= LABEL_PROBABILITIES_AUTO_LABELS
+        return self.label_probabilities
 
 
 class PublishConfig(Section):

@@ -126,7 +126,7 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
         free = {f"free_{key}": metrics[key] for key in ("accuracy", "macro_f1")}
         constrained = label_metrics(gold, [extract_answer(t) for t in generations["constrained"]], labels)
         metrics |= {key: value for key, value in constrained.items() if key not in FREE_ANSWER_METRICS} | free
-    if labels and evaluate.label_probabilities:
+    if labels and evaluate.scores_label_probabilities(len(labels)):
         probabilities = label_distributions(label_log_likelihoods(model, tokenizer, examples, labels,
                                                                   config.data.system_prompt))
         metrics |= probability_metrics(probabilities, gold, labels)
