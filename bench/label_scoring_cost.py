@@ -35,9 +35,9 @@ def rows(csv: str, text: str, label: str, count: int) -> tuple[list[dict], list[
     return examples, labels
 
 
-def timed(work) -> float:
+def timed(function, *args, **kwargs) -> float:
     started = time.perf_counter()
-    work()
+    function(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -58,10 +58,10 @@ def main() -> None:
     for name, (csv, text, label) in datasets.items():
         examples, labels = rows(csv, text, label, args.rows)
         trie = LabelTrie(tokenizer, labels, SYSTEM)
-        free = timed(lambda: generate_answers(model, tokenizer, examples, 32, args.batch_size, "free"))
-        constrained = timed(lambda: generate_answers(model, tokenizer, examples, 32, args.batch_size, "labels",
-                                                     constraint=trie))
-        scored = timed(lambda: label_log_likelihoods(model, tokenizer, examples, labels, SYSTEM))
+        free = timed(generate_answers, model, tokenizer, examples, 32, args.batch_size, "free")
+        constrained = timed(generate_answers, model, tokenizer, examples, 32, args.batch_size, "labels",
+                            constraint=trie)
+        scored = timed(label_log_likelihoods, model, tokenizer, examples, labels, SYSTEM)
         per_row = [1000 * seconds / len(examples) for seconds in (free, constrained, scored)]
         print(f"| {name} | {len(labels)} | {per_row[0]:.0f} | {per_row[1]:.0f} | {per_row[2]:.0f} | "
               f"{constrained / free:.2f}x | {scored / free:.2f}x |", flush=True)
