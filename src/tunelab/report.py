@@ -95,9 +95,10 @@ def _near_duplicate_pairs(near: dict[str, Any] | None) -> str:
         return ""
     columns = ["cosine_distance", "word_edits", "text", "label", "kept_text", "kept_label"]
     header = ["distance", "words changed", "row", "label", "twin", "twin's label"]
+    words = (f", and fewer changed words than {near['word_share']} of the longer text's words, by at least one"
+             if near["word_share"] is not None else "")
     body = (f"<p class='muted'>Near copies: within cosine distance {near['threshold']} of the text vectors "
-            f"({near['vector_candidates']} candidate pairs), and words differing in at most "
-            f"{near['word_share']} of the longer text.</p>")
+            f"({near['vector_candidates']} candidate pairs){words}.</p>")
     if near["borderline_removed"]:
         body += ("<h3>Removed near duplicates closest to the threshold</h3>"
                  + _table(header, [[pair[c] for c in columns] for pair in near["borderline_removed"]]))

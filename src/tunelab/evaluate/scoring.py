@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 from tunelab.data.chat import strip_thinking
@@ -26,18 +27,24 @@ def extract_answer(generated: str) -> str:
     return ""
 
 
+@lru_cache(maxsize=8)
+def _by_normal(labels: tuple[str, ...]) -> dict[str, str]:
+    """Normalised label -> label, built once per label set (not once per answer scored)."""
+    return {normalize(label): label for label in labels}
+
+
 def match_label(answer: str, labels: list[str]) -> str | None:
     """The known label the answer is, after normalisation; None for anything else.
 
     Strict on purpose: "Psoriasis or eczema" and "Psoriasis-like rash" name no label.
     """
-    return {normalize(label): label for label in labels}.get(normalize(answer))
+    return _by_normal(tuple(labels)).get(normalize(answer))
 
 
 def match_label_prefix(answer: str, labels: list[str]) -> str | None:
     """The lenient reading behind `prefix_accuracy`: the longest label the answer starts with."""
     normalized = normalize(answer)
-    by_normal = {normalize(label): label for label in labels}
+    by_normal = _by_normal(tuple(labels))
     prefixes = [key for key in by_normal if re.match(re.escape(key) + r"\b", normalized)]
     return by_normal[max(prefixes, key=len)] if prefixes else None
 
@@ -50,7 +57,8 @@ def label_metrics(gold: list[str], answers: list[str], labels: list[str]) -> dic
     unknown = "<unknown>"
     predicted = [match_label(answer, labels) for answer in answers]
     filled = [p if p is not None else unknown for p in predicted]
-    scored = [label for label in labels if label in set(gold)]  # averages cover the labels actually tested
+    tested = set(gold)
+    scored = [label for label in labels if label in tested]  # averages cover the labels actually tested
     recalls = recall_score(gold, filled, labels=scored, average=None, zero_division=0)
     prefix = [match_label_prefix(answer, labels) for answer in answers]
     return {
