@@ -20,7 +20,8 @@ from tunelab.config import ModelConfig
 from tunelab.evaluate.constrain import LabelTrie
 from tunelab.evaluate.label_scores import label_log_likelihoods
 from tunelab.evaluate.runner import generate_answers
-from tunelab.train.model import load_model, load_tokenizer, materialize
+from tunelab.model.load import load_model, load_tokenizer
+from tunelab.model.source import materialize
 
 SYSTEM = "Name the label."
 

@@ -106,9 +106,10 @@ def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[st
 
     from tunelab.data.prepare import prepare_stage
     from tunelab.evaluate.runner import answer_loss
+    from tunelab.model.load import load_tokenizer
+    from tunelab.model.source import materialize
     from tunelab.rundir import RunDir, read_jsonl
     from tunelab.train import trainer as tunelab_trainer
-    from tunelab.train.model import load_tokenizer, materialize
 
     torch.set_num_threads(threads)
     config = settings(csv, threads, steps, RUN_DIR / variant, overrides if variant == "tunelab" else (), seed)
@@ -156,7 +157,7 @@ def model_shapes() -> tuple[dict[str, tuple[int, int]], int, int]:
     from transformers import AutoConfig
 
     from tunelab.config import ModelConfig
-    from tunelab.train.model import materialize
+    from tunelab.model.source import materialize
 
     config = AutoConfig.from_pretrained(materialize(ModelConfig(name_or_path="smollm2-135m-instruct")).path)
     hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads

@@ -7,12 +7,19 @@ import torch
 
 from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
-from tunelab.data.chat import IGNORE_INDEX
 from tunelab.data.examples import rows_to_examples
 from tunelab.data.prepare import prepare_stage
+from tunelab.model.adapters import attach_adapters
+from tunelab.model.batching import (
+    IGNORE_INDEX,
+    BatchCollator,
+    _first_fit_decreasing,
+    _packed_rows,
+    answer_only_loss,
+    model_inputs,
+)
 from tunelab.rundir import RunDir, read_jsonl
-from tunelab.train.batching import BatchCollator, _first_fit_decreasing, _packed_rows, answer_only_loss, model_inputs
-from tunelab.train.trainer import attach_adapters, encode_split, run_training, store_frozen_linears_in_bf16
+from tunelab.train.trainer import encode_split, run_training, store_frozen_linears_in_bf16
 
 
 def build_lora(model_dir, frozen_in_bf16: bool = False):

@@ -11,7 +11,8 @@ from tunelab.data.chat import IGNORE_INDEX, encode_example, render_prompt, strip
 from tunelab.data.prepare import build_splits
 from tunelab.errors import TunelabError
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, match_label_prefix, token_f1
-from tunelab.train.model import load_tokenizer, materialize
+from tunelab.model.load import load_tokenizer
+from tunelab.model.source import materialize
 
 EXAMPLE = {
     "id": "0",

@@ -20,8 +20,8 @@ from typing import Any
 from tunelab.config import TunelabConfig, load_config
 from tunelab.data.prepare import input_hash
 from tunelab.errors import TunelabError
+from tunelab.model.source import resolve_source
 from tunelab.rundir import RunDir, removed_on_failure, write_json
-from tunelab.train.model import resolve_source
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 from tunelab.config import TunelabConfig, config_from_run_dir, load_config, save_config
 from tunelab.data.prepare import duplicates_summary, prepare_stage
 from tunelab.errors import TunelabError
+from tunelab.model.source import resolve_source
 from tunelab.rundir import RunDir, removed_on_failure
-from tunelab.train.model import resolve_source
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.data.examples import answer_text, prompt_messages
+from tunelab.model.batching import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 

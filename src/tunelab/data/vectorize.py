@@ -68,7 +68,8 @@ def base_model_vectors(texts: list[str], config: TunelabConfig) -> np.ndarray:
     """Mean of the last hidden states over real (non-padding) tokens: no extra model needed."""
     import torch
 
-    from tunelab.train.model import load_model, load_tokenizer, materialize
+    from tunelab.model.load import load_model, load_tokenizer
+    from tunelab.model.source import materialize
 
     source = materialize(config.model)
     tokenizer = load_tokenizer(source, config.model)

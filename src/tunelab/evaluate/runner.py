@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from contextlib import contextmanager, nullcontext
-from functools import partial
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,10 @@ from tunelab.evaluate.label_scores import (
 )
 from tunelab.evaluate.plots import plot_confusion, plot_reliability
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
+from tunelab.model.adapters import load_tuned
+from tunelab.model.batching import BatchCollator, answer_token_losses
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
-from tunelab.train.batching import BatchCollator, answer_token_losses
-from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize
 
 log = logging.getLogger(__name__)
 
@@ -143,35 +142,6 @@ def label_constraint(config: TunelabConfig, tokenizer, labels: list[str] | None)
     if not labels or not config.evaluate.constrain_to_labels:
         return None
     return LabelTrie(tokenizer, labels, config.data.system_prompt)
-
-
-def load_tuned(config: TunelabConfig, run_dir: RunDir):
-    """The fine-tuned model from model/, and a context manager that turns it into the base model."""
-    if not (run_dir.model / "config.json").is_file() and not (run_dir.model / "adapter_config.json").is_file():
-        raise TunelabError(f"{run_dir.root}: no trained model in model/ (run `tunelab train` first)")
-    source = materialize(config.model)
-    tokenizer = load_tokenizer(source, config.model)
-    if config.train.method == "full":
-        tuned = load_model(ModelSource(str(run_dir.model)), config.model)
-        return tuned, tokenizer, partial(_base_from_source, config, source)
-    from peft import PeftModel
-
-    base = load_model(source, config.model, quantize_4bit=config.train.method == "qlora")
-    tuned = PeftModel.from_pretrained(base, str(run_dir.model))
-    return tuned, tokenizer, partial(_adapter_off, tuned)
-
-
-@contextmanager
-def _adapter_off(model):
-    with model.disable_adapter():
-        yield model
-
-
-@contextmanager
-def _base_from_source(config: TunelabConfig, source):
-    model = load_model(source, config.model)
-    model.eval()
-    yield model
 
 
 def load_eval_examples(config: TunelabConfig, run_dir: RunDir, data_file: str | None) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from tunelab.config import TunelabConfig
 from tunelab.data.chat import PLAIN_ANSWER_BUDGET
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
+from tunelab.model.source import base_model_id
 from tunelab.rundir import RunDir
 from tunelab.search import read_trials
 
@@ -25,12 +26,6 @@ def _dataset_name(config: TunelabConfig) -> str:
     return Path(config.data.source).stem if Path(config.data.source).suffix else config.data.source
 
 
-def base_model_id(config: TunelabConfig) -> str:
-    from tunelab.train.model import SMOLLM2_ALIAS, SMOLLM2_HUB_ID
-
-    return SMOLLM2_HUB_ID if config.model.name_or_path == SMOLLM2_ALIAS else config.model.name_or_path
-
-
 def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, license_id: str | None) -> ModelCardData:
     tuned = metrics.get("tuned", {})
     results = [
@@ -41,7 +36,8 @@ def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, lice
     ]
     hub_dataset = [config.data.source] if not Path(config.data.source).suffix and "/" in config.data.source else None
     return ModelCardData(
-        base_model=base_model_id(config), library_name="transformers" if config.train.method == "full" else "peft",
+        base_model=base_model_id(config.model),
+        library_name="transformers" if config.train.method == "full" else "peft",
         pipeline_tag="text-generation", tags=["tunelab", config.train.method, "fine-tuned"], license=license_id,
         datasets=hub_dataset, model_name=repo_id, eval_results=results or None,
     )
@@ -84,7 +80,7 @@ def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int) -> st
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
         imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
     else:
-        load = (f'base = AutoModelForCausalLM.from_pretrained("{base_model_id(config)}")\n'
+        load = (f'base = AutoModelForCausalLM.from_pretrained("{base_model_id(config.model)}")\n'
                 f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
@@ -107,7 +103,7 @@ def model_card(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: boo
     body = f"""
 # {repo_id}
 
-`{base_model_id(config)}` fine-tuned with [tunelab](https://pypi.org/project/tunelab/) ({config.train.method}) to
+`{base_model_id(config.model)}` fine-tuned with [tunelab](https://pypi.org/project/tunelab/) ({config.train.method}) to
 answer: *{config.data.system_prompt or "the task of its training data"}*
 
 ## Intended use and limits

@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from tunelab.config import TunelabConfig
-from tunelab.publish.card import base_model_id, model_card
+from tunelab.model.source import base_model_id
+from tunelab.publish.card import model_card
 from tunelab.rundir import RunDir, staged_directory
 
 MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
@@ -33,15 +34,9 @@ def _pictures(run_dir: RunDir) -> list[Path]:
 
 
 def _merged_weights(config: TunelabConfig, run_dir: RunDir, folder: Path) -> None:
-    """LoRA folded into a full-precision copy of the base (never into a 4-bit one)."""
-    import torch
-    from peft import PeftModel
+    from tunelab.model.adapters import merged_model
 
-    from tunelab.train.model import load_model, materialize
-
-    base = load_model(materialize(config.model), config.model.model_copy(update={"dtype": "float32"}))
-    merged = PeftModel.from_pretrained(base, str(run_dir.model)).merge_and_unload()
-    merged.to(torch.float32).save_pretrained(folder, safe_serialization=True)
+    merged_model(config.model, run_dir.model).save_pretrained(folder, safe_serialization=True)
     _copy_present(TOKENIZER_FILES, run_dir.model, folder)
 
 
@@ -51,7 +46,7 @@ def _point_adapter_at_base(config: TunelabConfig, folder: Path) -> None:
     path = folder / "adapter_config.json"
     if path.is_file():
         adapter = json.loads(path.read_text())
-        adapter["base_model_name_or_path"] = base_model_id(config)
+        adapter["base_model_name_or_path"] = base_model_id(config.model)
         path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
 
 

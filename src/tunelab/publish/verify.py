@@ -36,13 +36,9 @@ def load_published(config: TunelabConfig, folder: Path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not (folder / "adapter_config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(folder), tokenizer
-    from peft import PeftModel
+    from tunelab.model.adapters import load_adapter
 
-    from tunelab.train.model import load_model, materialize
-
-    base = load_model(materialize(config.model), config.model,
-                      quantize_4bit=config.train.method == "qlora")
-    return PeftModel.from_pretrained(base, str(folder)), tokenizer
+    return load_adapter(config.model, folder, quantize_4bit=config.train.method == "qlora"), tokenizer
 
 
 def _answers(config: TunelabConfig, folder: Path, examples: list[dict], label: str) -> list[str]:

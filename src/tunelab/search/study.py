@@ -150,7 +150,8 @@ def _refuse_duplicate(trial: optuna.Trial) -> None:
 
 
 def _tokenizer_for(config: TunelabConfig):
-    from tunelab.train.model import load_tokenizer, materialize
+    from tunelab.model.load import load_tokenizer
+    from tunelab.model.source import materialize
 
     return load_tokenizer(materialize(config.model), config.model)
 

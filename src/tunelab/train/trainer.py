@@ -25,10 +25,12 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback, Tra
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
+from tunelab.model.adapters import attach_adapters, count_parameters
+from tunelab.model.batching import BatchCollator, answer_only_loss, model_inputs
+from tunelab.model.load import load_model, load_tokenizer, pick_dtype
+from tunelab.model.source import ModelSource, materialize
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
-from tunelab.train.batching import BatchCollator, answer_only_loss, model_inputs
 from tunelab.train.checkpoints import AtomicCheckpointTrainer, finished_checkpoint, latest_complete_checkpoint
-from tunelab.train.model import ModelSource, load_model, load_tokenizer, materialize, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +46,6 @@ def encode_split(tokenizer, examples: list[dict[str, Any]], max_length: int):
         for e in encoded
     ]
     return Dataset.from_list(rows), sum(e.truncated for e in encoded)
-
-
-def attach_adapters(model, train: TrainConfig):
-    """Apply the training method: LoRA adapters on a (possibly 4-bit) frozen base, or nothing."""
-    if train.method == "full":
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if train.method == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train.gradient_checkpointing
-        )
-    lora = LoraConfig(
-        r=train.lora.r,
-        lora_alpha=train.lora.alpha,
-        lora_dropout=train.lora.dropout,
-        target_modules=train.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
 
 
 def store_frozen_linears_in_bf16(model) -> None:
@@ -108,12 +90,6 @@ def build_model(config: TunelabConfig, source: ModelSource):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     return attach_adapters(model, train)
-
-
-def count_parameters(model) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": trainable, "total": total}
 
 
 def mixed_precision(train: TrainConfig, dtype: torch.dtype) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tunelab.data.chat import IGNORE_INDEX
+IGNORE_INDEX = -100  # the label cross-entropy skips: prompt tokens and padding
 
 
 def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -1,0 +1,92 @@
+"""The tuned weights on top of the base: attach LoRA for training, load a trained run, merge.
+
+A LoRA run's base model is the tuned one with its adapter switched off, so evaluation holds one
+copy of the weights; a full fine-tune loads the base separately when it is asked for.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from tunelab.config import ModelConfig, TrainConfig, TunelabConfig
+from tunelab.errors import TunelabError
+from tunelab.model.load import load_model, load_tokenizer
+from tunelab.model.source import ModelSource, materialize
+from tunelab.rundir import RunDir
+
+
+def attach_adapters(model, train: TrainConfig):
+    """Apply the training method: LoRA adapters on a (possibly 4-bit) frozen base, or nothing."""
+    if train.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if train.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing
+        )
+    lora = LoraConfig(
+        r=train.lora.r,
+        lora_alpha=train.lora.alpha,
+        lora_dropout=train.lora.dropout,
+        target_modules=train.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def parameter_count(parameter: torch.nn.Parameter) -> int:
+    """Weights a parameter stands for: a 4-bit bitsandbytes tensor packs two per stored byte, and its
+    quantization state keeps the original shape."""
+    quant_state = getattr(parameter, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else parameter.numel()
+
+
+def count_parameters(model) -> dict[str, int]:
+    trainable = sum(parameter_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(parameter_count(p) for p in model.parameters())
+    return {"trainable": trainable, "total": total}
+
+
+def load_adapter(model_config: ModelConfig, adapter_dir: Path, quantize_4bit: bool = False):
+    """A saved LoRA adapter on a freshly loaded base (4-bit for QLoRA runs)."""
+    from peft import PeftModel
+
+    base = load_model(materialize(model_config), model_config, quantize_4bit=quantize_4bit)
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def merged_model(model_config: ModelConfig, adapter_dir: Path):
+    """LoRA folded into a full-precision copy of the base (never into a 4-bit one), in fp32."""
+    fp32 = model_config.model_copy(update={"dtype": "float32"})
+    return load_adapter(fp32, adapter_dir).merge_and_unload().to(torch.float32)
+
+
+def load_tuned(config: TunelabConfig, run_dir: RunDir):
+    """The fine-tuned model from model/, its tokenizer, and a context manager giving the base model."""
+    if not (run_dir.model / "config.json").is_file() and not (run_dir.model / "adapter_config.json").is_file():
+        raise TunelabError(f"{run_dir.root}: no trained model in model/ (run `tunelab train` first)")
+    source = materialize(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    if config.train.method == "full":
+        tuned = load_model(ModelSource(str(run_dir.model)), config.model)
+        return tuned, tokenizer, partial(_base_from_source, config.model, source)
+    tuned = load_adapter(config.model, run_dir.model, quantize_4bit=config.train.method == "qlora")
+    return tuned, tokenizer, partial(_adapter_off, tuned)
+
+
+@contextmanager
+def _adapter_off(model):
+    with model.disable_adapter():
+        yield model
+
+
+@contextmanager
+def _base_from_source(model_config: ModelConfig, source: ModelSource):
+    model = load_model(source, model_config)
+    model.eval()
+    yield model

@@ -1,0 +1,71 @@
+"""Load the base model and tokenizer in the configured dtype and attention implementation."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from tunelab.config import ModelConfig
+from tunelab.errors import TunelabError
+from tunelab.model.source import ModelSource
+
+
+def pick_dtype(config: ModelConfig) -> torch.dtype:
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _attn_implementation(config: ModelConfig) -> str | None:
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _from_pretrained(loader, source: ModelSource, **kwargs):
+    """`loader.from_pretrained` with a missing/unreachable model turned into one line."""
+    try:
+        return loader.from_pretrained(source.path, revision=source.revision, **kwargs)
+    except OSError as exc:
+        raise TunelabError(f"cannot load model '{source.path}': {str(exc).splitlines()[0]}") from None
+
+
+def load_tokenizer(source: ModelSource, config: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise TunelabError(f"{source.path}: the tokenizer has no chat template (use an instruct/chat model)")
+    return tokenizer
+
+
+def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = False):
+    """The causal LM in the configured dtype; with `quantize_4bit`, a frozen NF4 base for QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = pick_dtype(config)
+    kwargs = {
+        "trust_remote_code": config.trust_remote_code,
+        "dtype": dtype,
+        "attn_implementation": _attn_implementation(config),
+    }
+    if quantize_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    if torch.cuda.is_available() and not quantize_4bit:
+        model.to("cuda")
+    return model
