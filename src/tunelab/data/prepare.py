@@ -227,14 +227,17 @@ def duplicates_summary(report: dict[str, Any]) -> str:
 
 
 def write_prepared(prepared: Prepared, run_dir: RunDir) -> None:
-    from tunelab.data.plots import plot_prepare
+    from tunelab.plots import plot_cluster_sizes, plot_clusters, plot_labels
 
     with staged_directory(run_dir.data) as folder:
         for name in SPLITS:
             write_jsonl(folder / f"{name}.jsonl", prepared.splits[name])
         write_jsonl(folder / "duplicates.jsonl", prepared.duplicates)
         write_json(folder / "prepare_report.json", prepared.report)
-        plot_prepare(prepared, folder)
+        plot_clusters(prepared.pool_space, prepared.pool_clusters, prepared.picked, folder / "clusters.png")
+        plot_cluster_sizes(prepared.pool_clusters, prepared.picked, folder / "cluster_sizes.png")
+        if prepared.pool_labels and prepared.pool_labels[0] is not None:
+            plot_labels(prepared.pool_labels, prepared.picked, folder / "labels.png")
 
 
 def prepare_stage(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:

@@ -33,10 +33,10 @@ from tunelab.evaluate.label_scores import (
     probability_metrics,
     top_labels,
 )
-from tunelab.evaluate.plots import plot_confusion, plot_reliability
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.model.adapters import load_tuned
 from tunelab.model.batching import BatchCollator, answer_token_losses
+from tunelab.plots import plot_confusion, plot_reliability
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
 from typing import Any
 
 import optuna
@@ -13,7 +12,7 @@ from optuna.trial import TrialState
 
 from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
-from tunelab.evaluate.plots import plt, save_figure
+from tunelab.plots import plot_heatmap, plot_metric_vs_lr, plot_validation_curves
 from tunelab.rundir import RunDir, write_text_atomic
 from tunelab.search.space import with_values
 
@@ -75,72 +74,14 @@ def plot_search(study: optuna.Study, rows: list[dict[str, Any]], run_dir: RunDir
     metric = study.user_attrs.get("metric", "value")
     done = [r for r in rows if r["state"] == "COMPLETE"]
     if done and LR_KEY in done[0]:
-        _plot_metric_vs_lr(done, metric, run_dir.search / "metric_vs_lr.png")
+        plot_metric_vs_lr(done, metric, LR_KEY, BATCH_KEYS, run_dir.search / "metric_vs_lr.png")
     keys = [k for k in study.best_trial.params] if done else []
     if len(keys) >= 2:
-        _plot_heatmap(done, keys[0], keys[1], metric, run_dir.search / "grid_heatmap.png")
-    _plot_curves(study, run_dir.search / "validation_curves.png")
-
-
-def _plot_metric_vs_lr(rows, metric, path) -> None:
-    groups = defaultdict(list)
-    for row in rows:
-        groups[tuple(row.get(k) for k in BATCH_KEYS if k in row) or ("all",)].append(row)
-    pick = min if metric == "loss" else max
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for key, members in sorted(groups.items(), key=str):
-        best: dict[float, float] = {}
-        for row in members:  # best value per learning rate within this batch setting
-            best[row[LR_KEY]] = pick(best.get(row[LR_KEY], row[metric]), row[metric])
-        xs = sorted(best)
-        axis.plot(xs, [best[x] for x in xs], "o-", label="b×g = " + "×".join(map(str, key)))
-    axis.set_xscale("log")
-    axis.set_xlabel("learning rate")
-    axis.set_ylabel(f"validation {metric}")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def _plot_heatmap(rows, x_key, y_key, metric, path) -> None:
-    xs = sorted({r[x_key] for r in rows}, key=str)
-    ys = sorted({r[y_key] for r in rows}, key=str)
-    cells = defaultdict(list)
-    for row in rows:
-        cells[(row[y_key], row[x_key])].append(row[metric])
-    pick = min if metric == "loss" else max
-    matrix = [[pick(cells[(y, x)]) if cells[(y, x)] else float("nan") for x in xs] for y in ys]
-    figure, axis = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 2))
-    image = axis.imshow(matrix, cmap="viridis_r" if metric == "loss" else "viridis")
-    axis.set_xticks(range(len(xs)), [str(x) for x in xs])
-    axis.set_yticks(range(len(ys)), [str(y) for y in ys])
-    axis.set_xlabel(x_key)
-    axis.set_ylabel(y_key)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            if value == value:
-                axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-    figure.colorbar(image, label=f"validation {metric} (best over other keys)")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def _plot_curves(study: optuna.Study, path) -> None:
-    """The intermediate scores of every trial, in the measure they track (sign undone)."""
+        plot_heatmap(done, keys[0], keys[1], metric, run_dir.search / "grid_heatmap.png")
     tracked = study.user_attrs["intermediate"]  # set by run_search: what was measured, its sign, progress units
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for trial in study.get_trials(deepcopy=False):
-        if trial.intermediate_values:
-            steps = sorted(trial.intermediate_values)
-            style = "-" if trial.state == TrialState.COMPLETE else ":"
-            axis.plot([s / tracked["units"] for s in steps],
-                      [tracked["sign"] * trial.intermediate_values[s] for s in steps], style, marker=".",
-                      label=f"#{trial.number} {trial.state.name.lower()}")
-    axis.set_xlabel("share of training done")
-    axis.set_ylabel(f"validation {tracked['measure']} (subset)")
-    axis.grid(alpha=0.3)
-    if len(study.trials) <= 16:
-        axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    save_figure(figure, path)
+    curves = [(f"#{trial.number} {trial.state.name.lower()}",
+               [step / tracked["units"] for step in sorted(trial.intermediate_values)],
+               [tracked["sign"] * trial.intermediate_values[step] for step in sorted(trial.intermediate_values)],
+               trial.state == TrialState.COMPLETE)
+              for trial in study.get_trials(deepcopy=False) if trial.intermediate_values]
+    plot_validation_curves(curves, tracked["measure"], run_dir.search / "validation_curves.png")

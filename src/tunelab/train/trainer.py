@@ -324,7 +324,7 @@ def _world_size() -> int:
 
 def save_model(model, tokenizer, run_dir: RunDir, summary: dict[str, Any], log_path: Path) -> None:
     """Adapter or full weights as safetensors with the tokenizer; the loss curve beside them."""
-    from tunelab.evaluate.plots import plot_loss
+    from tunelab.plots import plot_loss
 
     with staged_directory(run_dir.model) as folder:
         model.save_pretrained(folder, safe_serialization=True)
