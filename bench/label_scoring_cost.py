@@ -18,8 +18,8 @@ from common import SHARED_CSV, parser_with_csv
 
 from tunelab.config import ModelConfig
 from tunelab.evaluate.constrain import LabelTrie
+from tunelab.evaluate.generation import generate_answers
 from tunelab.evaluate.label_scores import label_log_likelihoods
-from tunelab.evaluate.runner import generate_answers
 from tunelab.model.load import load_model, load_tokenizer
 from tunelab.model.source import materialize
 

@@ -23,7 +23,7 @@ from tunelab.data.cluster import cluster
 from tunelab.data.dedup import find_near_duplicates
 from tunelab.data.prepare import build_splits
 from tunelab.data.sample import kmeans_sample
-from tunelab.examples.symptoms import write_csv
+from tunelab.demo.symptoms import write_csv
 
 
 def peak_rss_gib() -> float:

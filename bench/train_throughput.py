@@ -105,7 +105,7 @@ def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[st
     import torch
 
     from tunelab.data.prepare import prepare_stage
-    from tunelab.evaluate.runner import answer_loss
+    from tunelab.evaluate.generation import answer_loss
     from tunelab.model.load import load_tokenizer
     from tunelab.model.source import materialize
     from tunelab.rundir import RunDir, read_jsonl

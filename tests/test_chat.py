@@ -135,7 +135,7 @@ def test_token_f1():
 
 
 def test_evaluation_subset_is_stratified_not_the_first_rows_and_names_labels_left_out(caplog):
-    from tunelab.evaluate.runner import evaluation_subset
+    from tunelab.evaluate.stage import evaluation_subset
 
     rows = [{"id": str(i), "label": label} for label in ("A", "B", "C") for i in range(20)]  # sorted by label
     subset = evaluation_subset(rows, 15, seed=0)

@@ -11,8 +11,9 @@ from test_chat import R1_TEMPLATE
 from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.data.chat import answer_budget
 from tunelab.evaluate.constrain import LabelTrie, label_completion_ids
-from tunelab.evaluate.runner import generate_answers, label_constraint, score_model
+from tunelab.evaluate.generation import generate_answers, label_constraint
 from tunelab.evaluate.scoring import extract_answer
+from tunelab.evaluate.stage import score_model
 
 LABELS = ["Flu", "Migraine", "Eczema", "Cold", "Cold sore", "Common Cold"]  # shared prefixes on purpose
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import load_config
-from tunelab.evaluate.runner import answer_loss
+from tunelab.evaluate.generation import answer_loss
 from tunelab.model.adapters import load_tuned
 from tunelab.rundir import RunDir, read_jsonl
 

@@ -25,14 +25,14 @@ def test_gmeans_finds_k_on_24_blobs_in_384_dimensions():
 
 
 def test_gmeans_reaching_k_max_is_reported(tmp_path, caplog):
-    from tunelab.workflow import _prepare
+    from tunelab.pipeline import prepare
 
     rows = make_label_rows(per_label=40)
     config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
                                  "label_column": "label"}, prepare={"k_max": 2, "min_cluster_size": 2},
                            output_dir=str(tmp_path / "run"))
     with caplog.at_level("WARNING", logger="tunelab"):
-        report = _prepare(config, RunDir(config.output_dir))
+        report = prepare(config, RunDir(config.output_dir))
     assert report["clusters"]["k"] == 2 and report["clusters"]["stopped_at_k_max"] is True
     assert "G-means stopped at its bound, K = prepare.k_max = 2" in caplog.text
 

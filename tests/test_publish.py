@@ -81,7 +81,7 @@ def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.config import config_from_run_dir
-    from tunelab.evaluate.runner import generate_answers
+    from tunelab.evaluate.generation import generate_answers
     from tunelab.model.adapters import load_tuned
     from tunelab.rundir import RunDir, read_jsonl
 

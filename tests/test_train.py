@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from conftest import write_config
 from tunelab.config import load_config
 from tunelab.data.prepare import prepare_stage
-from tunelab.evaluate.runner import answer_loss
+from tunelab.evaluate.generation import answer_loss
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.train.trainer import mixed_precision, run_training
 

@@ -83,8 +83,7 @@ def run(
     follows, and an interrupted training continues from its newest complete checkpoint. The search
     stage runs when `search.space` is set; training then uses the winning values.
     """
-    from tunelab.pipeline import run_pipeline
-    from tunelab.workflow import load
+    from tunelab.pipeline import load, run_pipeline
 
     try:
         loaded, run_dir = load(config, set_ or [], output_dir)
@@ -111,14 +110,12 @@ def publish(
     selects another Hub-compatible server. After the push the repo is downloaded back, loaded with
     plain transformers/peft and asked a few test prompts, which must be answered like the local model.
     """
-    from tunelab.config import config_from_run_dir
-    from tunelab.publish import publish as publish_run
-    from tunelab.rundir import RunDir
+    from tunelab.pipeline import publish_run
 
     flags = {"repo_id": repo_id, "private": private, "merged": merged, "dry_run": dry_run or None, "verify": verify}
     overrides = [f"publish.{key}={value}" for key, value in flags.items() if value is not None]
     try:
-        result = publish_run(config_from_run_dir(run_dir, overrides), RunDir(run_dir))
+        result = publish_run(run_dir, overrides)
     except TunelabError as error:
         _fail(error)
     _show_publish(result)
@@ -180,7 +177,7 @@ def prepare(config: ConfigArg, set_: SetOption = None, output_dir: OutputOption 
     silhouette, representativeness) and PNG plots.
     `tunelab train` runs this stage itself when data/ is missing or was made from other settings.
     """
-    from tunelab.workflow import prepare_run
+    from tunelab.pipeline import prepare_run
 
     try:
         run_dir, report = prepare_run(config, set_ or [], output_dir)
@@ -230,7 +227,7 @@ def search(
     command in several terminals or machines with one --storage to share the work. Writes
     RUN_DIR/search/: study.db, trials.csv, best.yaml (train it with `tunelab train best.yaml`), plots.
     """
-    from tunelab.workflow import search_run
+    from tunelab.pipeline import search_run
 
     overrides = list(set_ or [])
     overrides += [f"search.storage={storage}"] if storage else []
@@ -269,7 +266,7 @@ def train(
     Writes RUN_DIR/config.yaml (resolved), data/{train,validation,test}.jsonl, checkpoints/,
     model/ (adapter or full weights as safetensors, tokenizer, loss.png), train_log.jsonl and eval/.
     """
-    from tunelab.workflow import train_run
+    from tunelab.pipeline import train_run
 
     try:
         summary, metrics = train_run(config, set_ or [], output_dir, resume)
@@ -306,8 +303,8 @@ def evaluate(
     held-out split. With several --decoding values the tuned model is scored with each;
     eval/decoding_comparison.json holds that table and the other files stay as they were.
     """
+    from tunelab.pipeline import compare_decodings, evaluate_run
     from tunelab.rundir import RunDir
-    from tunelab.workflow import compare_decodings, evaluate_run
 
     try:
         if decoding and len(decoding) > 1:
@@ -362,7 +359,7 @@ def generate(
     import sys
 
     from tunelab.config import config_from_run_dir
-    from tunelab.evaluate.generate import answers
+    from tunelab.evaluate.ask import answers
     from tunelab.rundir import RunDir
 
     flags = {"strategy": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
@@ -389,7 +386,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
 ):
     """Write the synthetic symptom -> diagnosis demo dataset (synthetic: not for medical use)."""
-    from tunelab.examples.symptoms import write_csv
+    from tunelab.demo.symptoms import write_csv
 
     write_csv(path, per_condition, seed)
     console.print(f"wrote {path}")
@@ -398,8 +395,8 @@ def demo_data(
 def _show_metrics(metrics: dict, run_dir: Path, data_file: str | None = None) -> None:
     """The base / tuned / baseline table, then the first `evaluate.num_examples_shown` predictions."""
     from tunelab.config import config_from_run_dir
-    from tunelab.evaluate.runner import example_rows
     from tunelab.evaluate.scoring import comparison_rows
+    from tunelab.evaluate.stage import example_rows
     from tunelab.rundir import RunDir
 
     names, rows = comparison_rows(metrics)

@@ -1,10 +1,11 @@
-"""`tunelab run`: prepare → search → train → evaluate → publish in one run directory, resumable.
+"""The one orchestrator: each `tunelab` command, and `tunelab run` (all stages, resumable).
 
-Each stage's inputs (its config sections and the hashes of the stages it reads from) are hashed and
-recorded in `stages.json` with its status and wall time. A stage that completed with the same
-inputs is skipped; a changed setting re-runs that stage and everything after it; a training that was
-interrupted continues from its newest complete checkpoint. `--from STAGE` forces a stage and the
-ones after it.
+Stages talk through files in the run directory (data/ → search/ → model/ → eval/ → publish/), so
+every command can start from a run another one left. For `tunelab run`, each stage's inputs (the
+config sections it reads and the hashes of the stages it reads from) are hashed and recorded in
+`stages.json` with its status and wall time. A stage that completed with the same inputs is skipped;
+a changed setting re-runs that stage and everything after it; a training that was interrupted
+continues from its newest complete checkpoint. `--from STAGE` forces a stage and the ones after it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import TunelabConfig, load_config
-from tunelab.data.prepare import input_hash
+from tunelab.config import TunelabConfig, config_from_run_dir, load_config, save_config
+from tunelab.data.prepare import duplicates_summary, input_hash, prepare_stage
 from tunelab.errors import TunelabError
 from tunelab.model.source import resolve_source
 from tunelab.rundir import RunDir, removed_on_failure, write_json
@@ -27,6 +28,130 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "search", "train", "evaluate", "publish")
 
+
+def load(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[TunelabConfig, RunDir]:
+    """The validated config (with `--set` and `--output-dir` applied) and its run directory; the model
+    source is checked here, before any stage writes a file."""
+    config = load_config(config_path, overrides)
+    if output_dir:
+        config.output_dir = str(output_dir)
+    resolve_source(config.model)
+    return config, RunDir(config.output_dir)
+
+
+# The stages, each reading and writing the run directory.
+
+def prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    report = prepare_stage(config, run_dir)
+    save_config(config, run_dir.config)
+    counts = report["counts"]
+    log.info("data: %d rows read, %s; K=%d clusters; split %s", counts["rows_read"], duplicates_summary(report),
+             report["clusters"]["k"], report["sizes"])
+    if report["clusters"].get("stopped_at_k_max"):
+        log.warning("G-means stopped at its bound, K = prepare.k_max = %d: the data may hold more clusters "
+                    "(raise prepare.k_max to let it look further)", report["clusters"]["k"])
+    return report
+
+
+def search(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    from tunelab.search.results import write_results
+    from tunelab.search.study import run_search
+
+    study = run_search(config, run_dir)
+    return write_results(config, study, run_dir) | {"folder": str(run_dir.search)}
+
+
+def train(config: TunelabConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
+    from tunelab.train.trainer import run_training
+
+    save_config(config, run_dir.config)  # resuming without a complete checkpoint trains from the start
+    return run_training(config, run_dir, resume=resume).summary
+
+
+def evaluate(config: TunelabConfig, run_dir: RunDir, data_file: str | None = None,
+             write: bool = True) -> dict[str, Any]:
+    from tunelab.evaluate.stage import run_evaluation
+
+    return run_evaluation(config, run_dir, data_file, write)
+
+
+def publish(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
+    from tunelab.publish import publish as publish_stage
+
+    return publish_stage(config, run_dir)
+
+
+# The commands.
+
+def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:
+    """`tunelab prepare`: only the data stage, into RUN_DIR/data."""
+    config, run_dir = load(config_path, overrides, output_dir)
+    with removed_on_failure(run_dir.root):
+        return run_dir, prepare(config, run_dir)
+
+
+def search_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> dict[str, Any]:
+    """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
+    config, run_dir = load(config_path, overrides, output_dir)
+    with removed_on_failure(run_dir.root):
+        prepare(config, run_dir)
+        return search(config, run_dir)
+
+
+def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
+              resume: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`tunelab train`: validate everything first (config, data, model path), then write the run and train;
+    under `accelerate launch` the main process prepares the data and evaluates."""
+    config, run_dir = load(config_path, overrides, output_dir)
+    if resume:
+        if not run_dir.split("train").is_file():
+            raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
+        config = _same_config_as_run(config, run_dir)
+    from accelerate import PartialState
+
+    processes = PartialState()  # one process unless started by `accelerate launch` / torchrun
+    with removed_on_failure(run_dir.root):
+        if not resume:
+            with processes.main_process_first():  # the others then find data/ prepared and skip it
+                prepare(config, run_dir)
+        summary = train(config, run_dir, resume)
+    metrics = None
+    if config.train.evaluate_after and processes.is_main_process:
+        metrics = evaluate(config, run_dir)
+    return summary, metrics
+
+
+def _same_config_as_run(config: TunelabConfig, run_dir: RunDir) -> TunelabConfig:
+    saved = config_from_run_dir(run_dir.root)
+    if saved.model_dump() != config.model_dump():
+        raise TunelabError(f"{run_dir.root}: --resume needs the config the run started with (it changed)")
+    return saved
+
+
+def evaluate_run(run_dir: Path, data_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """`tunelab evaluate`: score the run's model (and its base) on the test split or `data_file`."""
+    return evaluate(config_from_run_dir(run_dir, overrides), RunDir(run_dir), data_file)
+
+
+def compare_decodings(run_dir: Path, data_file: str | None, overrides: list[str],
+                      strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """`tunelab evaluate --compare-decoding`: the tuned model scored with each decoding strategy on the
+    same examples."""
+    table = {}
+    for strategy in strategies:
+        config = config_from_run_dir(run_dir, [*overrides, f"evaluate.decoding.strategy={strategy}",
+                                               "evaluate.compare_base=false"])
+        table[strategy] = evaluate(config, RunDir(run_dir), data_file, write=False)["tuned"]
+    write_json(RunDir(run_dir).eval / "decoding_comparison.json", table)
+    return table
+
+
+def publish_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """`tunelab publish`: card and upload folder, then push and verify."""
+    return publish(config_from_run_dir(run_dir, overrides), RunDir(run_dir))
+
+
+# `tunelab run`: every stage not done with the same inputs.
 
 def digest(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -52,44 +177,55 @@ class StageRecord:
         write_json(self.path, self.stages)
 
 
+def stage_hashes(config: TunelabConfig, trained: TunelabConfig | None = None) -> dict[str, str]:
+    """What each stage's output depends on. `trained`: the config training uses (the search winner).
+
+    Only settings that change a stage's output count: where a study is stored does not change it, and
+    training does not read the answer budget, so changing either retrains nothing.
+    """
+    trained = trained or config
+    hashes = {"prepare": input_hash(config)}
+    # Search scores generated answers, so the answer budget is one of its inputs.
+    hashes["search"] = digest(hashes["prepare"], config.model, config.train,
+                              config.search.model_dump(exclude={"storage"}), config.evaluate.max_new_tokens)
+    hashes["train"] = digest(hashes["prepare"], trained.model, trained.train)
+    hashes["evaluate"] = digest(hashes["train"], config.evaluate)
+    hashes["publish"] = digest(hashes["evaluate"], config.publish)
+    return hashes
+
+
 def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None = None) -> dict[str, Any]:
     """Run every stage that is not done with the same inputs; return what each produced."""
-    from tunelab import workflow
-
     if from_stage and from_stage not in STAGES:
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
     resolve_source(config.model)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     outputs: dict[str, Any] = {"skipped": []}
+    hashes = stage_hashes(config)
     with removed_on_failure(run_dir.root):  # bad input found while preparing leaves nothing behind
         run_dir.root.mkdir(parents=True, exist_ok=True)
         record = StageRecord(run_dir.root / "stages.json")
-        hashes = {"prepare": input_hash(config)}
         _stage(record, "prepare", hashes["prepare"], "prepare" in forced, outputs,
-               lambda resume: workflow._prepare(config, run_dir))
+               lambda resume: prepare(config, run_dir))
 
-    # Search scores generated answers, so the answer budget is one of its inputs.
-    hashes["search"] = digest(hashes["prepare"], config.model, config.train, config.search,
-                              config.evaluate.max_new_tokens)
     if config.search.space:
         _stage(record, "search", hashes["search"], "search" in forced, outputs,
-               lambda resume: workflow._search(config, run_dir))
+               lambda resume: search(config, run_dir))
         trained = load_config(run_dir.search / "best.yaml")
         trained.output_dir = config.output_dir
+        hashes = stage_hashes(config, trained)
     else:
         record.mark("search", hashes["search"], "skipped")
         outputs["skipped"].append("search")
         trained = config
-
-    hashes["train"] = digest(hashes["search"], trained.model, trained.train)
+    # Evaluation and publishing use this run's own settings for those stages on the trained model.
+    final = trained.model_copy(update={"evaluate": config.evaluate, "publish": config.publish})
     _stage(record, "train", hashes["train"], "train" in forced, outputs,
-           lambda resume: _train(trained, run_dir, resume))
-    hashes["evaluate"] = digest(hashes["train"], config.evaluate)
+           lambda resume: train(trained, run_dir, resume))
     _stage(record, "evaluate", hashes["evaluate"], "evaluate" in forced, outputs,
-           lambda resume: _evaluate(trained, config, run_dir))
-    hashes["publish"] = digest(hashes["evaluate"], config.publish)
+           lambda resume: evaluate(final, run_dir))
     _stage(record, "publish", hashes["publish"], "publish" in forced, outputs,
-           lambda resume: _publish(trained, config, run_dir))
+           lambda resume: publish(final, run_dir))
     from tunelab.report import write_report
 
     outputs["report"] = write_report(run_dir.root)
@@ -113,23 +249,3 @@ def _stage(record: StageRecord, stage: str, stage_hash: str, forced: bool, outpu
         record.mark(stage, stage_hash, "failed", round(time.perf_counter() - started, 1))
         raise
     record.mark(stage, stage_hash, "complete", round(time.perf_counter() - started, 1))
-
-
-def _publish(trained: TunelabConfig, config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
-    from tunelab.publish import publish
-
-    return publish(trained.model_copy(update={"publish": config.publish, "evaluate": config.evaluate}), run_dir)
-
-
-def _train(config: TunelabConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
-    from tunelab.config import save_config
-    from tunelab.train.trainer import run_training
-
-    save_config(config, run_dir.config)  # resuming without a complete checkpoint trains from the start
-    return run_training(config, run_dir, resume=resume).summary
-
-
-def _evaluate(trained: TunelabConfig, config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
-    from tunelab.evaluate.runner import run_evaluation
-
-    return run_evaluation(trained.model_copy(update={"evaluate": config.evaluate}), run_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab.config import DecodingConfig, TunelabConfig
 from tunelab.errors import TunelabError
-from tunelab.evaluate.runner import generate_answers
+from tunelab.evaluate.generation import generate_answers
 from tunelab.rundir import RunDir, read_jsonl
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
-from tunelab.evaluate.runner import resolve_metric, score_examples
+from tunelab.evaluate.validation import resolve_metric, score_examples
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values

@@ -1,31 +1,30 @@
-"""Score the base model and the tuned model on the same test prompts.
+"""The evaluate stage: score the tuned model, its base and a TF-IDF baseline on the same test rows, and
+write eval/ (metrics.json, predictions.jsonl, confusion matrices, reliability diagram).
 
-Both models see identical prompts rendered with the base model's chat template and decode
-greedily. For LoRA runs the base model is the tuned one with its adapter switched off, so only
-one copy of the weights is in memory.
+Both models see identical prompts rendered with the base model's chat template and decode greedily.
+For LoRA runs the base model is the tuned one with its adapter switched off, so only one copy of the
+weights is in memory.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList
 
-from tunelab.config import DecodingConfig, TunelabConfig
-from tunelab.data.chat import answer_budget, encode_example, opens_thinking, render_prompt, thinking_unfinished
-from tunelab.data.examples import answer_text, prompt_messages, rows_to_examples, user_text
+from tunelab.config import TunelabConfig
+from tunelab.data.chat import answer_budget, opens_thinking, thinking_unfinished
+from tunelab.data.examples import answer_text, rows_to_examples, user_text
 from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
 from tunelab.evaluate.constrain import LabelTrie
+from tunelab.evaluate.generation import answer_loss, generate_answers, label_constraint
 from tunelab.evaluate.label_scores import (
     calibration_bins,
     label_distributions,
@@ -35,72 +34,10 @@ from tunelab.evaluate.label_scores import (
 )
 from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
 from tunelab.model.adapters import load_tuned
-from tunelab.model.batching import BatchCollator, answer_token_losses
 from tunelab.plots import plot_confusion, plot_reliability
-from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int | None,
-                     batch_size: int, label: str, decoding: DecodingConfig | None = None,
-                     constraint: LabelTrie | None = None) -> list[str]:
-    """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches.
-
-    `max_new_tokens` None: the budget that fits the model (`answer_budget`). With a `constraint`, every
-    answer is one of the labels (the budget then fits the longest one).
-    """
-    decoding = decoding or DecodingConfig()
-    max_new_tokens = answer_budget(tokenizer, max_new_tokens)
-    if constraint is not None:
-        max_new_tokens = max(max_new_tokens, constraint.longest)
-    if decoding.strategy == "sampling":
-        torch.manual_seed(decoding.seed)
-    outputs: list[str] = []
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task(f"generating ({label})", total=len(examples))
-            for start in range(0, len(examples), batch_size):
-                batch = examples[start:start + batch_size]
-                prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
-                inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-                inputs = inputs.to(_device(model))
-                processors = [constraint.for_prompts_of_length(inputs["input_ids"].shape[1])] if constraint else []
-                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                           logits_processor=LogitsProcessorList(processors),
-                                           **decoding.generate_kwargs())
-                new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-                outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                progress.advance(task, len(batch))
-    finally:
-        tokenizer.padding_side = padding_side
-    return outputs
-
-
-@torch.no_grad()
-def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: int, batch_size: int) -> dict:
-    """Mean cross-entropy over the gold answer tokens (teacher forcing) and its perplexity.
-
-    The LM head runs at the answer positions only, so a batch never holds full-vocabulary logits.
-    """
-    collate = BatchCollator(tokenizer.pad_token_id)
-    total_loss, total_tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        encoded = [encode_example(tokenizer, e, max_length) for e in examples[start:start + batch_size]]
-        batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
-        batch = {key: value.to(_device(model)) for key, value in batch.items()}
-        loss, tokens = answer_token_losses(model, batch)
-        total_loss += loss.item()
-        total_tokens += int(tokens)
-    mean = total_loss / max(total_tokens, 1)
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "answer_tokens": total_tokens}
 
 
 FREE_ANSWER_METRICS = ("unknown_label_rate", "prefix_accuracy")  # only free answers can miss the label set
@@ -135,13 +72,6 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
         metrics["truncated_thinking_rate"] = sum(map(thinking_unfinished, scored)) / max(len(scored), 1)
     metrics |= answer_loss(model, tokenizer, examples, config.train.max_length, evaluate.batch_size)
     return metrics, generations
-
-
-def label_constraint(config: TunelabConfig, tokenizer, labels: list[str] | None) -> LabelTrie | None:
-    """The label trie when the task has labels and `evaluate.constrain_to_labels` is on."""
-    if not labels or not config.evaluate.constrain_to_labels:
-        return None
-    return LabelTrie(tokenizer, labels, config.data.system_prompt)
 
 
 def load_eval_examples(config: TunelabConfig, run_dir: RunDir, data_file: str | None) -> list[dict[str, Any]]:
@@ -258,40 +188,3 @@ def example_rows(folder: Path, count: int) -> list[dict[str, Any]]:
     """The first `count` predictions written into an evaluation folder."""
     path = folder / "predictions.jsonl"
     return read_jsonl(path)[:count] if path.exists() else []
-
-
-def resolve_metric(metric: str, has_labels: bool) -> str:
-    """`auto` is accuracy for label tasks and answer loss otherwise."""
-    if metric == "auto":
-        return "accuracy" if has_labels else "loss"
-    if metric in ("accuracy", "macro_f1") and not has_labels:
-        raise TunelabError(f"search.metric={metric} needs labels (data.label_column); use loss")
-    return metric
-
-
-def autocast_for(model):
-    """Autocast to bf16 for a model whose frozen linear weights are stored in bf16 (a model being
-    trained with bf16 mixed precision, scored mid-run by a search); nothing for any other model."""
-    stored = {module.weight.dtype for module in model.modules() if isinstance(module, torch.nn.Linear)}
-    if torch.bfloat16 in stored and torch.float32 in {p.dtype for p in model.parameters()}:
-        return torch.autocast(_device(model).type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def score_examples(model, tokenizer, examples: list[dict[str, Any]], labels: list[str] | None,
-                   config: TunelabConfig, metric: str) -> float:
-    """One number for one model on `examples`: answer loss, or accuracy / macro-F1 of generations."""
-    was_training = model.training
-    model.eval()
-    try:
-        with autocast_for(model):
-            if metric == "loss":
-                return answer_loss(model, tokenizer, examples, config.train.max_length,
-                                   config.evaluate.batch_size)["loss"]
-            generations = generate_answers(model, tokenizer, examples, config.evaluate.max_new_tokens,
-                                           config.evaluate.batch_size, "validation", config.evaluate.decoding,
-                                           label_constraint(config, tokenizer, labels))
-        gold = [answer_text(e) for e in examples]
-        return label_metrics(gold, [extract_answer(text) for text in generations], labels)[metric]
-    finally:
-        model.train(was_training)
