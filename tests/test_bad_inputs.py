@@ -71,6 +71,8 @@ CASES = {
                                 "'train.epochs': Input should be a valid number"),
     "a directory that is no model": (lambda t: {"data": {"source": csv_file(t)}, "model": {
         "name_or_path": str(_mkdir(t / "not-a-model"))}}, "not-a-model: not a model directory (no config.json)"),
+    "invalid Hub id": (lambda t: {"data": {"source": csv_file(t)}, "model": {"name_or_path": "my model!"}},
+                       "model.name_or_path 'my model!': no such local path, and not a valid Hub id"),
     "missing GGUF file": (lambda t: {"data": {"source": csv_file(t)}, "model": {"name_or_path": str(t / "w.gguf")}},
                           "model file not found"),
 }
@@ -92,6 +94,21 @@ def test_bad_input_to_train(case, tmp_path, tiny_model_dir):
         config.write_text(text)
     os.chdir(tmp_path)
     assert_one_line_error(run_cli("train", str(config)), expected, tmp_path / "run")
+
+
+def test_a_hub_model_that_cannot_be_fetched_fails_before_any_stage(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, {"source": csv_file(tmp_path)}, tiny_model_dir,
+                          model={"name_or_path": "tunelab-tests/no-such-model"})
+    for command in ("run", "search", "train"):
+        done = subprocess.run([sys.executable, "-m", "tunelab", command, str(config)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert "model 'tunelab-tests/no-such-model' is not in the local Hugging Face cache" in lines[0]
+        assert not (tmp_path / "run").exists()
 
 
 def test_invalid_yaml(tmp_path):

@@ -70,13 +70,37 @@ def test_reasoning_template_gets_a_closed_empty_think_block(tiny_tokenizer):
     check_answer_only_labels(tokenizer, "\n</think>\n\nPsoriasis<｜end▁of▁sentence｜>")
 
 
-def test_overlong_prompt_is_cut_but_the_answer_is_kept(tiny_tokenizer):
-    long_example = copy.deepcopy(EXAMPLE)
-    long_example["messages"][1]["content"] = "itchy skin " * 200
-    encoded = encode_example(tiny_tokenizer, long_example, max_length=64)
-    assert encoded.truncated and len(encoded.input_ids) == 64
+def _with(user: str | None = None, answer: str | None = None) -> dict:
+    example = copy.deepcopy(EXAMPLE)
+    if user is not None:
+        example["messages"][1]["content"] = user
+    if answer is not None:
+        example["messages"][2]["content"] = answer
+    return example
+
+
+def test_overlong_prompt_loses_the_start_of_the_user_text_only(tiny_tokenizer):
+    encoded = encode_example(tiny_tokenizer, _with(user="itchy skin " * 200 + "and silver scales"), max_length=64)
+    assert encoded.prompt_cut > 0 and encoded.answer_cut == 0 and len(encoded.input_ids) == 64
+    text = tiny_tokenizer.decode(encoded.input_ids)
+    assert text.startswith("<|im_start|>system\nName the diagnosis.<|im_end|>\n<|im_start|>user\n")
+    assert "silver scales<|im_end|>\n<|im_start|>assistant\nPsoriasis<|im_end|>\n" in text
     answer = [t for t in encoded.labels if t != IGNORE_INDEX]
     assert tiny_tokenizer.decode(answer) == "Psoriasis<|im_end|>\n"
+
+
+def test_overlong_answer_keeps_its_end_of_turn(tiny_tokenizer):
+    long_answer = "Psoriasis, " + "a chronic skin condition " * 40
+    encoded = encode_example(tiny_tokenizer, _with(answer=long_answer), max_length=64)
+    assert encoded.answer_cut > 0 and len(encoded.input_ids) == 64
+    answer = tiny_tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+    assert answer.startswith("Psoriasis, a chronic") and answer.endswith("<|im_end|>\n")
+    assert "Name the diagnosis." in tiny_tokenizer.decode(encoded.input_ids)
+
+
+def test_a_max_length_shorter_than_the_template_is_one_clear_error(tiny_tokenizer):
+    with pytest.raises(TunelabError, match="train.max_length=8 is shorter than the chat template"):
+        encode_example(tiny_tokenizer, _with(user="itchy " * 50), max_length=8)
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,44 @@ def test_label_probabilities_auto_stops_where_they_cost_several_generations():
     assert EvaluateConfig().scores_label_probabilities(24) and not EvaluateConfig().scores_label_probabilities(151)
     assert EvaluateConfig(label_probabilities=True).scores_label_probabilities(151)
     assert not EvaluateConfig(label_probabilities=False).scores_label_probabilities(3)
+
+
+PASSWORD_URL = "postgresql://tuner:s3cr%40t!@db.internal:5432/optuna"
+
+
+def test_a_password_in_the_study_url_never_reaches_a_file(tmp_path):
+    import optuna
+
+    from tunelab.rundir import RunDir
+    from tunelab.search.results import write_results
+
+    config = TunelabConfig.model_validate({**BASE, "search": {"storage": PASSWORD_URL,
+                                                              "space": {"train.learning_rate": [1e-3]}}})
+    save_config(config, tmp_path / "config.yaml")
+    study = optuna.create_study(direction="minimize")
+    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1e-3}, value=0.5,
+                                              distributions={"train.learning_rate": optuna.distributions.
+                                                             CategoricalDistribution([1e-3])}))
+    study.set_user_attr("metric", "loss")
+    study.set_user_attr("intermediate", {"measure": "loss", "sign": 1.0, "units": 1})
+    write_results(config, study, RunDir(tmp_path))
+    for written in (tmp_path / "config.yaml", tmp_path / "search" / "best.yaml"):
+        text = written.read_text()
+        assert "s3cr" not in text and "postgresql://tuner:***@db.internal:5432/optuna" in text, written
+
+
+def test_only_settings_that_change_the_model_retrain_it():
+    from tunelab.pipeline import stage_hashes
+    from tunelab.search.space import with_values
+
+    config = TunelabConfig.model_validate(BASE)
+    hashes = stage_hashes(config)
+
+    def changed(key, value):
+        other = stage_hashes(with_values(config, {key: value}))
+        return {stage for stage in hashes if other[stage] != hashes[stage]}
+
+    assert changed("evaluate.max_new_tokens", 64) == {"search", "evaluate", "publish"}
+    assert changed("search.storage", PASSWORD_URL) == set()
+    assert changed("train.learning_rate", 0.01) == {"search", "train", "evaluate", "publish"}
+    assert changed("publish.private", False) == {"publish"}

@@ -133,6 +133,15 @@ def test_halving_lets_a_near_tie_with_the_leader_through_and_cuts_the_rest(margi
     assert first_rung(study, 1.2001)  # the bar is now 1.2 (the second of four); the leader is far
 
 
+@pytest.mark.parametrize("n_trials, trained", [(3, 3), (6, 4)])
+def test_tpe_skips_repeated_values_and_trains_n_trials_distinct_ones(tmp_path, tiny_model_dir, n_trials, trained):
+    """TPE over lists proposes the same values again; a repeat is not trained, does not end the study
+    and does not use up the budget, which ends at n_trials or when every combination is taken."""
+    _, _, study = run(search_config(tmp_path, tiny_model_dir, strategy="tpe", n_trials=n_trials))
+    params = [tuple(sorted(p.items())) for p in finished_params(study)]
+    assert len(params) == trained and len(set(params)) == trained
+
+
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):
     space = {"train.learning_rate": [1e30, 1e-2]}
     _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space))

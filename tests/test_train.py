@@ -9,8 +9,11 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from conftest import write_config
 from tunelab.config import load_config
+from tunelab.data.chat import encode_example
 from tunelab.data.prepare import prepare_stage
 from tunelab.evaluate.generation import answer_loss
+from tunelab.model.load import load_tokenizer
+from tunelab.model.source import materialize
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.train.trainer import mixed_precision, run_training
 
@@ -61,6 +64,9 @@ def test_method_lowers_answer_loss_and_saved_weights_reload(method, tmp_path, la
     assert summary["steps"] == 8 and summary["effective_batch_size"] == 8
     trainable, total = summary["parameters"]["trainable"], summary["parameters"]["total"]
     assert (trainable == total) if method == "full" else (0 < trainable < total)
+    # Counted in weights, not stored elements: a 4-bit tensor holds two weights per byte.
+    base_weights = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    assert total == base_weights + (0 if method == "full" else trainable)
     logged = read_jsonl(run_dir.root / "train_log.jsonl")
     assert [r["step"] for r in logged if "loss" in r][:3] == [1, 2, 3]
 
@@ -112,3 +118,20 @@ def test_train_runs_unchanged_under_accelerate_launch_with_two_cpu_processes(tmp
     assert (model / "adapter_model.safetensors").is_file()
     summary = json.loads((model / "training_summary.json").read_text())
     assert summary["process"] == "1/2" and summary["effective_batch_size"] == 16
+    logged_steps = [record["step"] for record in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in record]
+    assert logged_steps == sorted(set(logged_steps)) and logged_steps[-1] == 4  # once, not once per process
+
+
+def test_token_counts_cover_every_epoch(tmp_path, label_csv, tiny_model_dir):
+    config = load_config(write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir,
+                                      train={"epochs": 2, "max_steps": -1, "save_steps": 1000}))
+    run_dir = RunDir(config.output_dir)
+    prepare_stage(config, run_dir)
+    summary = run_training(config, run_dir).summary
+    rows = read_jsonl(run_dir.split("train"))
+    tokenizer = load_tokenizer(materialize(config.model), config.model)
+    encoded = [encode_example(tokenizer, row, config.train.max_length) for row in rows]
+    answer_tokens = sum(sum(1 for t in e.labels if t != -100) for e in encoded)
+    assert summary["epochs"] == 2 and summary["supervised_tokens_per_epoch"] == answer_tokens
+    assert summary["supervised_tokens_seen"] == 2 * answer_tokens
+    assert summary["tokens_seen"] == 2 * sum(len(e.input_ids) for e in encoded)

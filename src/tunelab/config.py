@@ -371,10 +371,24 @@ def _resolve_relative_paths(config: TunelabConfig, base: Path) -> TunelabConfig:
     return config
 
 
+def redact_url(url: str) -> str:
+    """`scheme://user:password@host/...` with the password replaced by `***`."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def config_dump(config: TunelabConfig) -> dict[str, Any]:
+    """The config as written to files (config.yaml, best.yaml): credentials in the study URL are
+    redacted (give the password through PGPASSWORD or ~/.pgpass instead)."""
+    tree = config.model_dump(mode="json")
+    if tree["search"]["storage"]:
+        tree["search"]["storage"] = redact_url(tree["search"]["storage"])
+    return tree
+
+
 def save_config(config: TunelabConfig, path: Path) -> None:
     from tunelab.rundir import write_text_atomic
 
-    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config_dump(config), sort_keys=False))
 
 
 def config_from_run_dir(run_dir: Path, overrides: list[str] | None = None) -> TunelabConfig:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import TunelabConfig, config_from_run_dir, load_config, save_config
+from tunelab.config import TunelabConfig, config_dump, config_from_run_dir, load_config, save_config
 from tunelab.data.prepare import duplicates_summary, input_hash, prepare_stage
 from tunelab.errors import TunelabError
-from tunelab.model.source import resolve_source
+from tunelab.model.source import check_source
 from tunelab.rundir import RunDir, removed_on_failure, write_json
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,10 @@ STAGES = ("prepare", "search", "train", "evaluate", "publish")
 
 
 def load(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[TunelabConfig, RunDir]:
-    """The validated config (with `--set` and `--output-dir` applied) and its run directory; the model
-    source is checked here, before any stage writes a file."""
+    """The validated config (with `--set` and `--output-dir` applied) and its run directory."""
     config = load_config(config_path, overrides)
     if output_dir:
         config.output_dir = str(output_dir)
-    resolve_source(config.model)
     return config, RunDir(config.output_dir)
 
 
@@ -93,6 +91,7 @@ def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None
 def search_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> dict[str, Any]:
     """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
     config, run_dir = load(config_path, overrides, output_dir)
+    check_source(config.model)
     with removed_on_failure(run_dir.root):
         prepare(config, run_dir)
         return search(config, run_dir)
@@ -103,6 +102,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
     """`tunelab train`: validate everything first (config, data, model path), then write the run and train;
     under `accelerate launch` the main process prepares the data and evaluates."""
     config, run_dir = load(config_path, overrides, output_dir)
+    check_source(config.model)  # before any stage writes a file
     if resume:
         if not run_dir.split("train").is_file():
             raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
@@ -123,7 +123,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
 
 def _same_config_as_run(config: TunelabConfig, run_dir: RunDir) -> TunelabConfig:
     saved = config_from_run_dir(run_dir.root)
-    if saved.model_dump() != config.model_dump():
+    if config_dump(saved) != config_dump(config):
         raise TunelabError(f"{run_dir.root}: --resume needs the config the run started with (it changed)")
     return saved
 
@@ -198,7 +198,7 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     """Run every stage that is not done with the same inputs; return what each produced."""
     if from_stage and from_stage not in STAGES:
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
-    resolve_source(config.model)
+    check_source(config.model)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     outputs: dict[str, Any] = {"skipped": []}
     hashes = stage_hashes(config)

@@ -15,8 +15,7 @@ from typing import Any
 
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
-from tunelab.rundir import RunDir, read_jsonl, write_text_atomic
-from tunelab.search import read_trials
+from tunelab.rundir import RunDir, read_jsonl, read_trials, write_text_atomic
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}

@@ -6,6 +6,7 @@ never leaves a half-written artifact under its final name.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -106,6 +107,15 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_trials(run_dir: RunDir) -> list[dict[str, str]]:
+    """Rows of search/trials.csv, best first; empty when no search ran."""
+    path = run_dir.search / "trials.csv"
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 @contextmanager

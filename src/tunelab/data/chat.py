@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.data.examples import answer_text, prompt_messages
+from tunelab.data.examples import answer_text, prompt_messages, user_text
+from tunelab.errors import TunelabError
 from tunelab.model.batching import IGNORE_INDEX
 
 THINK_OPEN = "<think>"
@@ -21,9 +22,17 @@ THINK_CLOSE = "</think>"
 
 @dataclass
 class Encoded:
+    """Token ids and labels of one example, and how many tokens `max_length` cut from it: from the
+    start of the user's text (`prompt_cut`) and from the end of the answer (`answer_cut`)."""
+
     input_ids: list[int]
     labels: list[int]
-    truncated: bool
+    prompt_cut: int = 0
+    answer_cut: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.prompt_cut or self.answer_cut)
 
 
 PLAIN_ANSWER_BUDGET = 32  # new tokens for a short answer and its end-of-turn marker
@@ -72,22 +81,54 @@ def render_completion(tokenizer, example: dict[str, Any], prompt: str) -> str:
 def encode_example(tokenizer, example: dict[str, Any], max_length: int) -> Encoded:
     """Token ids and labels: -100 on every prompt token, the token id on every answer token.
 
-    Over-long examples lose the start of the prompt (after its first token) and keep the answer.
+    An example longer than `max_length` loses the start of the user's text first (the system prompt
+    and the template's headers stay), then the end of its answer; the end-of-turn marker always stays,
+    so the model still learns where an answer stops.
     """
     prompt = render_prompt(tokenizer, prompt_messages(example))
     completion = render_completion(tokenizer, example, prompt)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    completion_ids = completion_ids[: max_length - 1]
-    overflow = len(prompt_ids) + len(completion_ids) - max_length
-    truncated = overflow > 0
-    if truncated:
-        prompt_ids = prompt_ids[:1] + prompt_ids[1 + overflow:]
-    return Encoded(
-        input_ids=prompt_ids + completion_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-        truncated=truncated,
-    )
+    prompt_ids = _token_ids(tokenizer, prompt)
+    completion_ids = _token_ids(tokenizer, completion)
+    if len(prompt_ids) + len(completion_ids) <= max_length:
+        return Encoded(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+    head, user, tail = _split_at_user_text(prompt, example)
+    head_ids, user_ids, tail_ids = (_token_ids(tokenizer, part) for part in (head, user, tail))
+    template = len(head_ids) + len(tail_ids)
+    answer_cut = 0
+    if template + len(completion_ids) > max_length:
+        answer, end_of_turn = _split_end_of_turn(completion, answer_text(example))
+        answer_ids, end_ids = _token_ids(tokenizer, answer), _token_ids(tokenizer, end_of_turn)
+        room = max_length - template - len(end_ids)
+        if room < 1:
+            raise TunelabError(f"train.max_length={max_length} is shorter than the chat template around one "
+                               f"example ({template + len(end_ids) + 1} tokens with a one-token answer): raise it")
+        answer_cut = max(0, len(answer_ids) - room)
+        completion_ids = answer_ids[:room] + end_ids
+    prompt_cut = max(0, len(user_ids) - (max_length - template - len(completion_ids)))
+    prompt_ids = head_ids + user_ids[prompt_cut:] + tail_ids
+    return Encoded(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+                   prompt_cut=prompt_cut, answer_cut=answer_cut)
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _split_at_user_text(prompt: str, example: dict[str, Any]) -> tuple[str, str, str]:
+    """(template and system prompt before the user's last message, its text, the template after it)."""
+    text = user_text(example)
+    at = prompt.rfind(text) if text else -1
+    if at < 0:  # a template that rewrites the user's text: cut the whole prompt after its first character
+        return prompt[:1], prompt[1:], ""
+    return prompt[:at], text, prompt[at + len(text):]
+
+
+def _split_end_of_turn(completion: str, answer: str) -> tuple[str, str]:
+    """(the completion up to the end of the answer, the end-of-turn marker the template adds after it)."""
+    at = completion.rfind(answer)
+    if at < 0:
+        return completion, ""
+    return completion[:at + len(answer)], completion[at + len(answer):]
 
 
 def strip_thinking(text: str) -> str:

@@ -63,6 +63,32 @@ def resolve_source(config: ModelConfig) -> ModelSource:
     return ModelSource(name, revision=config.revision)
 
 
+def check_source(config: ModelConfig) -> ModelSource:
+    """`resolve_source`, and for a Hub id that it is a valid one and that its config can be had (from
+    the Hub or the local cache): checked before any stage runs, so a typo or a missing network is one
+    line and not a failure after the data was prepared."""
+    source = resolve_source(config)
+    if source.gguf_file or Path(source.path).is_dir():
+        return source
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source.path)
+    except HFValidationError:
+        raise TunelabError(f"model.name_or_path '{source.path}': no such local path, and not a valid Hub id "
+                           "(OWNER/NAME)") from None
+    try:
+        hf_hub_download(source.path, "config.json", revision=source.revision)
+    except Exception as error:  # offline, unknown repo, gated, no network: all mean "cannot load it here"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TunelabError(f"model '{source.path}' is not in the local Hugging Face cache and cannot be fetched "
+                           f"from the Hub ({reason}): connect, log in (`hf auth login`) for a gated model, or "
+                           "give a local directory or .gguf file") from None
+    return source
+
+
 def _gguf_cache_dir(source: ModelSource, config: ModelConfig) -> Path:
     gguf = Path(source.path) / str(source.gguf_file)
     stat = gguf.stat()

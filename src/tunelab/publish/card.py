@@ -14,8 +14,7 @@ from tunelab.data.chat import PLAIN_ANSWER_BUDGET
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
 from tunelab.model.source import base_model_id
-from tunelab.rundir import RunDir
-from tunelab.search import read_trials
+from tunelab.rundir import RunDir, read_trials
 
 
 def _read_json(path: Path) -> dict[str, Any]:

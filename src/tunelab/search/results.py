@@ -10,7 +10,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tunelab.config import TunelabConfig
+from tunelab.config import TunelabConfig, config_dump
 from tunelab.errors import TunelabError
 from tunelab.plots import plot_heatmap, plot_metric_vs_lr, plot_validation_curves
 from tunelab.rundir import RunDir, write_text_atomic
@@ -64,7 +64,7 @@ def write_results(config: TunelabConfig, study: optuna.Study, run_dir: RunDir) -
     header = (f"# Best of {len(rows)} trials by validation {study.user_attrs.get('metric')}: "
               f"trial {study.best_trial.number}, value {study.best_value:.4f}.\n# Train it: tunelab train THIS_FILE\n")
     write_text_atomic(run_dir.search / "best.yaml",
-                      header + yaml.safe_dump(winner.model_dump(mode="json"), sort_keys=False))
+                      header + yaml.safe_dump(config_dump(winner), sort_keys=False))
     plot_search(study, rows, run_dir)
     return {"rows": rows, "best_params": study.best_trial.params, "best_value": study.best_value,
             "metric": study.user_attrs.get("metric")}

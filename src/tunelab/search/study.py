@@ -96,7 +96,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.config)
-        _refuse_duplicate(trial)
+        _refuse_duplicate(trial, ends_the_search=self.config.search.strategy != "tpe")
         trial_config = with_values(self.config, values)
         trial_config.train.evaluate_after = False
         train = trial_config.train
@@ -137,16 +137,54 @@ class Objective:
 
 
 class DuplicateTrial(Exception):
-    """Another worker already runs or ran these values (a race at the end of a shared grid)."""
+    """The values are already taken by another trial: nothing is trained for them."""
 
 
-def _refuse_duplicate(trial: optuna.Trial) -> None:
+def _refuse_duplicate(trial: optuna.Trial, ends_the_search: bool) -> None:
+    """Fail a trial whose values another trial runs or ran. On a shared grid that only happens in the
+    race for its last points, so the search ends there (`ends_the_search`); TPE over lists proposes
+    repeats often, and the next trial simply samples again."""
     study = trial.study
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
         if other.number != trial.number and other.params == trial.params:
             trial.set_user_attr("fail_reason", f"duplicate of trial {other.number}")
-            study.stop()
+            if ends_the_search:
+                study.stop()
             raise DuplicateTrial(f"values already taken by trial {other.number}")
+
+
+def _is_duplicate(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.user_attrs.get("fail_reason", "").startswith("duplicate of trial")
+
+
+def space_size(config: TunelabConfig) -> int | None:
+    """How many distinct value combinations the space holds; None when a range makes it unbounded."""
+    if any(not isinstance(values, list) for values in config.search.space.values()):
+        return None
+    return math.prod(len(set(map(str, values))) for values in config.search.space.values())
+
+
+# TPE may propose taken values again and again once it is confident; each repeat costs no training,
+# and this many per trial of the budget bound the loop.
+REPEATS_PER_TRIAL = 10
+
+
+class TrialBudget:
+    """Ends a TPE search after `n_trials` trials that trained (repeats do not count) or when every
+    combination of a list-valued space has been tried."""
+
+    def __init__(self, n_trials: int, combinations: int | None):
+        self.n_trials, self.combinations = n_trials, combinations
+
+    def spent(self, study: optuna.Study) -> bool:
+        trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                        TrialState.FAIL)) if not _is_duplicate(t)]
+        tried = {tuple(sorted(t.params.items())) for t in trained}
+        return len(trained) >= self.n_trials or (self.combinations is not None and len(tried) >= self.combinations)
+
+    def __call__(self, study: optuna.Study, _trial) -> None:
+        if self.spent(study):
+            study.stop()
 
 
 def _tokenizer_for(config: TunelabConfig):
@@ -248,9 +286,10 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     objective = Objective(config, run_dir, metric)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
     if config.search.strategy == "tpe":
-        done = optuna.study.MaxTrialsCallback(config.search.n_trials,
-                                              states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-        study.optimize(objective, callbacks=[done], catch=failures, n_trials=config.search.n_trials)
+        budget = TrialBudget(config.search.n_trials, space_size(config))
+        if not budget.spent(study):  # a resumed search may have used its budget already
+            study.optimize(objective, callbacks=[budget], catch=failures,
+                           n_trials=config.search.n_trials * (1 + REPEATS_PER_TRIAL))
         return study
     grid = grid_points(config)
 

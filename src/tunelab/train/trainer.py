@@ -26,7 +26,7 @@ from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
 from tunelab.errors import TunelabError
 from tunelab.model.adapters import attach_adapters, count_parameters
-from tunelab.model.batching import BatchCollator, answer_only_loss, model_inputs
+from tunelab.model.batching import IGNORE_INDEX, BatchCollator, answer_only_loss, model_inputs
 from tunelab.model.load import load_model, load_tokenizer, pick_dtype
 from tunelab.model.source import ModelSource, materialize
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def encode_split(tokenizer, examples: list[dict[str, Any]], max_length: int):
-    """A `datasets.Dataset` of input_ids / attention_mask / labels, plus how many rows were cut."""
+    """A `datasets.Dataset` of input_ids / attention_mask / labels, plus how many rows `max_length` cut:
+    {"prompt_cut_rows": …, "answer_cut_rows": …}."""
     from datasets import Dataset
 
     encoded = [encode_example(tokenizer, example, max_length) for example in examples]
@@ -45,7 +46,9 @@ def encode_split(tokenizer, examples: list[dict[str, Any]], max_length: int):
          "length": len(e.input_ids)}
         for e in encoded
     ]
-    return Dataset.from_list(rows), sum(e.truncated for e in encoded)
+    cuts = {"prompt_cut_rows": sum(e.prompt_cut > 0 for e in encoded),
+            "answer_cut_rows": sum(e.answer_cut > 0 for e in encoded)}
+    return Dataset.from_list(rows), cuts
 
 
 def store_frozen_linears_in_bf16(model) -> None:
@@ -162,12 +165,15 @@ class TunelabTrainer(AtomicCheckpointTrainer):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every Trainer log record (loss, lr, grad norm, epoch, step) to train_log.jsonl."""
+    """Appends every Trainer log record (loss, lr, grad norm, epoch, step) to train_log.jsonl, from the
+    main process only (under `accelerate launch` every process sees every record)."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
@@ -227,20 +233,21 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     set_seed(config.seed)
     source = materialize(config.model)
     tokenizer = load_tokenizer(source, config.model)
-    train_set, truncated = encode_split(tokenizer, read_jsonl(run_dir.split("train")), train.max_length)
+    train_set, cuts = encode_split(tokenizer, read_jsonl(run_dir.split("train")), train.max_length)
     validation_rows = read_jsonl(run_dir.split("validation"))
     validation_set = encode_split(tokenizer, validation_rows, train.max_length)[0] if validation_rows else None
     model = build_model(config, source)
     parameters = count_parameters(model)
     effective_batch = train.per_device_batch_size * train.gradient_accumulation_steps * _world_size()
-    if truncated and not quiet:
-        log.warning("%d of %d training rows are longer than train.max_length=%d tokens: their prompts are cut "
-                    "from the start (answers are kept)", truncated, len(train_set), train.max_length)
+    if (cuts["prompt_cut_rows"] or cuts["answer_cut_rows"]) and not quiet:
+        log.warning("of %d training rows longer than train.max_length=%d tokens, %d lost the start of their user "
+                    "text (system prompt and template kept) and %d the end of their answer (end-of-turn kept)",
+                    len(train_set), train.max_length, cuts["prompt_cut_rows"], cuts["answer_cut_rows"])
     log.log(
         logging.DEBUG if quiet else logging.INFO,
-        "method=%s trainable=%s/%s effective batch B=%d (b=%d x g=%d x processes=%d) truncated rows=%d",
+        "method=%s trainable=%s/%s effective batch B=%d (b=%d x g=%d x processes=%d)",
         train.method, f"{parameters['trainable']:,}", f"{parameters['total']:,}", effective_batch,
-        train.per_device_batch_size, train.gradient_accumulation_steps, _world_size(), truncated,
+        train.per_device_batch_size, train.gradient_accumulation_steps, _world_size(),
     )
     run_dir.root.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.root / "train_log.jsonl"
@@ -277,6 +284,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
             raise
         steps, training_loss = result.global_step, result.training_loss
     wall = time.perf_counter() - started
+    supervised_per_epoch = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in train_set["labels"])
     summary = {
         "method": train.method,
         "parameters": parameters,
@@ -285,9 +293,12 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         "train_loss": training_loss,
         "wall_seconds": round(wall, 1),
         "train_rows": len(train_set),
-        "truncated_rows": truncated,
+        **cuts,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
         "tokens_seen": trainer.state.num_input_tokens_seen,
-        "supervised_tokens": sum(sum(1 for t in labels if t != -100) for labels in train_set["labels"]),
+        # Over all epochs like tokens_seen: exact for whole epochs, a partial one counts its share.
+        "supervised_tokens_seen": round(supervised_per_epoch * (trainer.state.epoch or 0.0)),
+        "supervised_tokens_per_epoch": supervised_per_epoch,
         "resumed_from": str(resume_from) if resume_from else None,
         "run_dir": str(run_dir.root),
         "process": f"{trainer.args.process_index + 1}/{trainer.args.world_size}",
