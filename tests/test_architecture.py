@@ -20,9 +20,9 @@ ALLOWED = {
     "train": STAGE_BASE,
     "evaluate": STAGE_BASE,
     # A search trial trains a model and scores it on validation rows.
-    "search": STAGE_BASE | {"train.trainer", "evaluate.validation"},
+    "search": STAGE_BASE | {"train.trainer", "train.callbacks", "evaluate.validation"},
     # Publishing asks the downloaded model the test prompts and prints the metrics table.
-    "publish": STAGE_BASE | {"evaluate.generation", "evaluate.scoring"},
+    "publish": STAGE_BASE | {"evaluate.generation", "evaluate.constrain", "evaluate.scoring"},
     "report": {"rundir", "data.prepare", "evaluate.scoring"},
     "demo": set(),
     "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "report"},

@@ -19,6 +19,7 @@ from hub_server import serve
 
 TOKEN = "hf_tunelabTestSecret0123456789abcdef"
 TUNELAB = [sys.executable, "-m", "tunelab"]
+BASE_ID = ["--set", "model.hub_id=alice/tiny-base"]  # the tests' base is a local directory
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +53,29 @@ def files_under(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file()]
 
 
-def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run, hub, tmp_path, monkeypatch):
+def upload_base(endpoint: str, model_dir: Path, monkeypatch) -> None:
+    """The base on the test Hub as alice/tiny-base, so a downloaded adapter finds it by its Hub id."""
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    api = HfApi(endpoint=endpoint, token=TOKEN)
+    api.create_repo("alice/tiny-base")
+    api.upload_folder(folder_path=str(model_dir), repo_id="alice/tiny-base")
+
+
+def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run, hub, tmp_path, monkeypatch,
+                                                                    tiny_model_dir):
     endpoint, state = hub
+    upload_base(endpoint, tiny_model_dir, monkeypatch)
     state.fail_next["commit"] = [503]
-    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny-symptoms",
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny-symptoms", *BASE_ID,
                    verbose=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"pushed to {endpoint}/alice/tiny-symptoms" in done.stderr
-    assert "verified: downloaded" in done.stderr and "2 test prompts answered as locally" in done.stderr
+    assert "verified: downloaded" in done.stderr and "test prompts answered as in eval/predictions.jsonl" in done.stderr
     assert "failed (HTTP 503), retrying" in done.stderr
-    assert [status for _, name, status in state.requests if name == "commit"] == [503, 200]
+    assert [status for _, name, status in state.requests if name == "commit"] == [200, 503, 200]  # base, then ours
 
     repo = state.repos["alice/tiny-symptoms"]
     assert repo.private and len(repo.commits) == 1
@@ -76,7 +90,7 @@ def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run,
     assert not [content for content in [*repo.files.values(), *written] if TOKEN.encode() in content]
 
     # Download once more, independently of tunelab's own check, and compare answers.
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,12 +99,12 @@ def test_push_retries_a_503_then_verifies_and_never_leaks_the_token(trained_run,
     from tunelab.model.adapters import load_tuned
     from tunelab.rundir import RunDir, read_jsonl
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     downloaded = snapshot_download("alice/tiny-symptoms", endpoint=endpoint, token=TOKEN,
                                    local_dir=tmp_path / "download", cache_dir=tmp_path / "cache")
     adapter = json.loads((Path(downloaded) / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"])
+    assert adapter["base_model_name_or_path"] == "alice/tiny-base"
+    base = AutoModelForCausalLM.from_pretrained(snapshot_download(
+        "alice/tiny-base", endpoint=endpoint, token=TOKEN, cache_dir=tmp_path / "cache"))
     model = PeftModel.from_pretrained(base, downloaded).eval()
     tokenizer = AutoTokenizer.from_pretrained(downloaded)
     config = config_from_run_dir(trained_run, [])
@@ -113,7 +127,8 @@ def test_merged_weights_push_and_load_without_peft(trained_run, hub, tmp_path):
 
 def test_a_wrong_token_is_one_line_and_uploads_nothing(trained_run, hub, tmp_path):
     endpoint, state = hub
-    done = publish(trained_run, endpoint, "hf_wrong", tmp_path / "hf-home", "--repo-id", "alice/tiny-symptoms")
+    done = publish(trained_run, endpoint, "hf_wrong", tmp_path / "hf-home", "--repo-id", "alice/tiny-symptoms",
+                   *BASE_ID)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: the Hub refused the token for alice/tiny-symptoms (HTTP 401): set HF_TOKEN to a token with write "
@@ -125,14 +140,62 @@ def test_verification_catches_a_file_that_comes_back_different(trained_run, hub,
     endpoint, state = hub
     adapter_config = (trained_run / "model" / "adapter_config.json").read_bytes()
     state.served_instead["adapter_config.json"] = adapter_config.replace(b'"r": 8', b'"r": 9')
-    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny")
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny", *BASE_ID)
     assert done.returncode == 2
     assert "verify alice/tiny: downloaded files differ from publish/: adapter_config.json" in done.stderr
 
 
+def test_verification_compares_with_the_answers_the_evaluation_recorded(trained_run, hub, tmp_path):
+    """The check is against what the evaluation scored, not against the folder just uploaded: a model
+    that answers one test prompt otherwise than eval/predictions.jsonl fails the push."""
+    import shutil
+
+    endpoint, state = hub
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "eval" / "predictions.jsonl"
+    predictions = [json.loads(line) for line in path.read_text().splitlines()]
+    labels = sorted({row["gold"] for row in predictions})
+    predictions[1]["tuned_answer"] = next(label for label in labels if label != predictions[1]["tuned_answer"])
+    path.write_text("".join(json.dumps(row) + "\n" for row in predictions))
+    done = publish(run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/stale", *BASE_ID)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"verify alice/stale: test prompt 2 answered {predictions_answer(trained_run, 1)!r} after download, " \
+           f"{predictions[1]['tuned_answer']!r} in eval/predictions.jsonl" in done.stderr
+
+
+def predictions_answer(run: Path, index: int) -> str:
+    lines = (run / "eval" / "predictions.jsonl").read_text().splitlines()
+    return json.loads(lines[index])["tuned_answer"]
+
+
+def test_an_adapter_of_a_local_base_needs_the_base_hub_id(trained_run, hub, tmp_path):
+    endpoint, state = hub
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/tiny")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "set model.hub_id, or publish merged weights (--merged)" in done.stderr
+    assert not state.requests
+
+
+def test_a_private_push_into_an_existing_public_repo_is_refused(trained_run, hub, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    endpoint, state = hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    HfApi(endpoint=endpoint, token=TOKEN).create_repo("alice/open", private=False)
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/open", *BASE_ID)
+    assert done.returncode == 2 and "alice/open already exists and is public" in done.stderr
+    assert not state.repos["alice/open"].commits
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "alice/open", *BASE_ID,
+                   "--allow-public", "--no-verify")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(state.repos["alice/open"].commits) == 1 and not state.repos["alice/open"].private
+
+
 def test_a_repo_of_another_owner_is_refused(trained_run, hub, tmp_path):
     endpoint, state = hub
-    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "bob/tiny")
+    done = publish(trained_run, endpoint, TOKEN, tmp_path / "hf-home", "--repo-id", "bob/tiny", *BASE_ID)
     assert done.returncode == 2 and "refused the token for bob/tiny (HTTP 403)" in done.stderr
     assert not state.repos
 
@@ -147,7 +210,13 @@ def test_the_card_parses_back_with_the_metrics_of_metrics_json(trained_run):
     tuned = json.loads((trained_run / "eval" / "metrics.json").read_text())["tuned"]
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert reported == {name: round(tuned[name], 4) for name in ("accuracy", "macro_f1", "loss")}
-    assert card.data.base_model and card.data.library_name == "peft"
+    assert card.data.base_model is None and card.data.library_name == "peft"  # a local base has no Hub id
     index = yaml.safe_load(card.content.split("---")[1])["model-index"]
     assert index[0]["results"][0]["dataset"]["split"] == "test"
     assert "not a medical device" in card.text.lower() or "not medical advice" in card.text.lower()
+    # A local base is named by its folder, never by this machine's path.
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    local_path = config["model"]["name_or_path"]
+    adapter = json.loads((trained_run / "publish" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == Path(local_path).name
+    assert local_path not in card.text and "cache_dir" not in card.text

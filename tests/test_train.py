@@ -89,7 +89,7 @@ def test_diverging_training_stops_with_one_line_and_keeps_its_checkpoints(tmp_pa
 def test_watchdog_catches_an_exploding_loss():
     from transformers import TrainerControl, TrainerState
 
-    from tunelab.train.trainer import LossWatchdog, TrainingDiverged
+    from tunelab.train.callbacks import LossWatchdog, TrainingDiverged
 
     watchdog, state = LossWatchdog(learning_rate=0.5), TrainerState()
     for step, loss in enumerate([2.0, 1.5, 3.0], start=1):
@@ -120,6 +120,20 @@ def test_train_runs_unchanged_under_accelerate_launch_with_two_cpu_processes(tmp
     assert summary["process"] == "1/2" and summary["effective_batch_size"] == 16
     logged_steps = [record["step"] for record in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in record]
     assert logged_steps == sorted(set(logged_steps)) and logged_steps[-1] == 4  # once, not once per process
+
+
+def test_training_shows_one_progress_display_and_no_raw_metric_dicts(tmp_path, label_csv, tiny_model_dir):
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir, train={"max_steps": 4},
+                          evaluate={"compare_base": False})
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # stderr is a pipe here, as in a log file: the display logs its line (on a terminal it is a rich bar).
+    assert "training, loss " in done.stderr and ", lr " in done.stderr and "4/4 (100%)" in done.stderr
+    assert "{'loss'" not in done.stderr and "it/s]" not in done.stderr and "s/it]" not in done.stderr
 
 
 def test_token_counts_cover_every_epoch(tmp_path, label_csv, tiny_model_dir):

@@ -98,22 +98,29 @@ def publish(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
     repo_id: Annotated[str | None, typer.Option(help="OWNER/NAME on the Hub (HF_ENDPOINT for another server).")] = None,
     private: Annotated[bool | None, typer.Option(help="Create the repository private (default) or public.")] = None,
+    allow_public: Annotated[bool | None, typer.Option(
+        "--allow-public", help="Push into an existing public repository although --private is on.")] = None,
     merged: Annotated[bool | None, typer.Option(help="Upload merged full weights instead of the adapter.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Only build RUN_DIR/publish/ and list it.")] = False,
-    verify: Annotated[bool | None, typer.Option(help="After the push, download the repo and check it answers "
-                                                     "test prompts like the local model (default on).")] = None,
+    verify: Annotated[bool | None, typer.Option(help="After the push, download the repo and check it gives the "
+                                                     "answers of eval/predictions.jsonl (default on).")] = None,
+    set_: SetOption = None,
 ):
     """Write the model card and the upload folder (RUN_DIR/publish/), then push it to the Hub.
 
     The card holds the real test metrics, the training config, the search winner and the data
     preparation. The token comes from HF_TOKEN or `hf auth login` and is never written; HF_ENDPOINT
-    selects another Hub-compatible server. After the push the repo is downloaded back, loaded with
-    plain transformers/peft and asked a few test prompts, which must be answered like the local model.
+    selects another Hub-compatible server. An adapter names its base by Hub id: for a base loaded
+    from a local copy give it with --set model.hub_id=OWNER/NAME (or push --merged weights). A
+    private push into an existing public repository is refused unless --allow-public. After the push
+    the repo is downloaded back, loaded with plain transformers/peft and asked the first test
+    prompts, which must get the answers recorded in eval/predictions.jsonl.
     """
     from tunelab.pipeline import publish_run
 
-    flags = {"repo_id": repo_id, "private": private, "merged": merged, "dry_run": dry_run or None, "verify": verify}
-    overrides = [f"publish.{key}={value}" for key, value in flags.items() if value is not None]
+    flags = {"repo_id": repo_id, "private": private, "allow_public": allow_public, "merged": merged,
+             "dry_run": dry_run or None, "verify": verify}
+    overrides = [*(set_ or []), *(f"publish.{key}={value}" for key, value in flags.items() if value is not None)]
     try:
         result = publish_run(run_dir, overrides)
     except TunelabError as error:
@@ -129,7 +136,7 @@ def _show_publish(result: dict) -> None:
     if "verified" in result:
         checked = result["verified"]
         console.print(f"verified: downloaded {checked['files']} identical files, {checked['prompts']} test prompts "
-                      f"answered as locally; {result['url']}", soft_wrap=True)
+                      f"answered as in eval/predictions.jsonl; {result['url']}", soft_wrap=True)
 
 
 @app.command()

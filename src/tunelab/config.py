@@ -124,6 +124,8 @@ class ModelConfig(Section):
     )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     cache_dir: str | None = Field(None, description="Where converted GGUF models are cached.")
+    hub_id: str | None = Field(None, description="The base's Hub id when name_or_path is a local copy: cards and "
+                               "adapters name it (never this machine's path); needed to publish an adapter.")
 
 
 class LoraSettings(Section):
@@ -271,12 +273,15 @@ class PublishConfig(Section):
 
     repo_id: str | None = Field(None, description="OWNER/NAME on the Hub (or a Hub-compatible HF_ENDPOINT).")
     private: bool = True
+    allow_public: bool = Field(False, description="Push into a repository that already exists and is public "
+                               "although `private` is on (otherwise refused).")
     merged: bool = Field(False, description="Upload full weights with the LoRA merged in, not the adapter.")
     dry_run: bool = Field(False, description="Build publish/ and list it, upload nothing.")
     license: str | None = Field(None, description="License id for the card, e.g. apache-2.0 (check the base's).")
-    verify: bool = Field(True, description="After the push, download the repo and check that it answers like "
-                                           "the local model.")
-    verify_prompts: int = Field(3, ge=1, description="Test prompts compared in that check.")
+    verify: bool = Field(True, description="After the push, download the repo and check that it gives the "
+                                           "answers of eval/predictions.jsonl.")
+    verify_prompts: int = Field(3, ge=1, description="At least this many test prompts are compared in that check: "
+                                "whole evaluation batches, so the answers must match exactly.")
 
 
 class TunelabConfig(Section):

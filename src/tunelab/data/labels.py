@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterable
+from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.rundir import RunDir, read_jsonl
 
 _SPACE = re.compile(r"\s+")
 _EDGE_PUNCTUATION = string.punctuation + " \n\t"
@@ -28,3 +30,9 @@ def check_distinct_labels(labels: Iterable[str], origin: str) -> None:
         if other != label:
             raise TunelabError(f"{origin}: labels '{other}' and '{label}' are the same answer once case, spaces and "
                                "surrounding punctuation are ignored; merge them in the data")
+
+
+def known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
+    """Labels seen in training (the model's vocabulary of answers) plus any in the scored data."""
+    train = read_jsonl(run_dir.split("train")) if run_dir.split("train").exists() else []
+    return sorted({e["label"] for e in train + examples if "label" in e})

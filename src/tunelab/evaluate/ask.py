@@ -6,8 +6,8 @@ from collections.abc import Iterable, Iterator
 
 from tunelab.config import TunelabConfig
 from tunelab.data.chat import strip_thinking
+from tunelab.data.labels import known_labels
 from tunelab.evaluate.generation import generate_answers, label_constraint
-from tunelab.evaluate.stage import known_labels
 from tunelab.model.adapters import load_tuned
 from tunelab.rundir import RunDir
 

@@ -19,7 +19,7 @@ import torch
 from tunelab.config import TunelabConfig
 from tunelab.data.chat import answer_budget, opens_thinking, thinking_unfinished
 from tunelab.data.examples import answer_text, rows_to_examples, user_text
-from tunelab.data.labels import check_distinct_labels
+from tunelab.data.labels import check_distinct_labels, known_labels
 from tunelab.data.load import load_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
@@ -137,12 +137,6 @@ def evaluation_subset(examples: list[dict[str, Any]], limit: int | None, seed: i
         log.warning("%d labels are not in the scored subset (raise evaluate.max_examples to cover them): %s%s",
                     len(missing), ", ".join(missing[:20]), " ..." if len(missing) > 20 else "")
     return subset
-
-
-def known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
-    """Labels seen in training (the model's vocabulary of answers) plus any in the scored data."""
-    train = read_jsonl(run_dir.split("train")) if run_dir.split("train").exists() else []
-    return sorted({e["label"] for e in train + examples if "label" in e})
 
 
 def _write(destination: Path, examples, labels, results, generations, baseline_answers) -> None:

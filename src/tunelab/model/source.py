@@ -124,6 +124,17 @@ def materialize(config: ModelConfig) -> ModelSource:
     return ModelSource(str(cache))
 
 
-def base_model_id(config: ModelConfig) -> str:
-    """The base's public name for cards and adapter configs: the packaged GGUF's Hub original."""
-    return SMOLLM2_HUB_ID if config.name_or_path == SMOLLM2_ALIAS else config.name_or_path
+def base_model_id(config: ModelConfig) -> str | None:
+    """The base's Hub id for cards and adapter configs (the packaged GGUF's original for the SmolLM2
+    alias); None for a local copy whose `model.hub_id` is not set: a local path means nothing elsewhere."""
+    if config.hub_id:
+        return config.hub_id
+    if config.name_or_path == SMOLLM2_ALIAS:
+        return SMOLLM2_HUB_ID
+    source = resolve_source(config)
+    return None if source.gguf_file or Path(source.path).is_dir() else config.name_or_path
+
+
+def base_model_name(config: ModelConfig) -> str:
+    """What to call the base where a name must be written: its Hub id, else the local folder or file name."""
+    return base_model_id(config) or Path(config.name_or_path).name

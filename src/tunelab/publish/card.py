@@ -13,7 +13,7 @@ from tunelab.config import TunelabConfig
 from tunelab.data.chat import PLAIN_ANSWER_BUDGET
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
-from tunelab.model.source import base_model_id
+from tunelab.model.source import base_model_id, base_model_name
 from tunelab.rundir import RunDir, read_trials
 
 
@@ -79,7 +79,7 @@ def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int) -> st
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
         imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
     else:
-        load = (f'base = AutoModelForCausalLM.from_pretrained("{base_model_id(config.model)}")\n'
+        load = (f'base = AutoModelForCausalLM.from_pretrained("{base_model_name(config.model)}")\n'
                 f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
@@ -95,14 +95,25 @@ print(tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:], skip_special_to
 ```"""
 
 
+# Where the base lies on this machine means nothing to a reader; its Hub id stands for it.
+LOCAL_MODEL_KEYS = {"name_or_path", "gguf_file", "cache_dir", "hub_id"}
+
+
+def training_settings(config: TunelabConfig) -> dict[str, Any]:
+    """The model and train sections as the card shows them: the base by its public name, no local paths."""
+    model = {"base_model": base_model_name(config.model),
+             **config.model.model_dump(mode="json", exclude=LOCAL_MODEL_KEYS)}
+    return {"model": model, "train": config.train.model_dump(mode="json")}
+
+
 def model_card(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: bool, license_id: str | None,
                pictures: list[str]) -> ModelCard:
     metrics = _read_json(run_dir.eval / "metrics.json")
-    training = config.model_dump(mode="json", include={"model", "train"})
+    training = training_settings(config)
     body = f"""
 # {repo_id}
 
-`{base_model_id(config.model)}` fine-tuned with [tunelab](https://pypi.org/project/tunelab/) ({config.train.method}) to
+`{base_model_name(config.model)}` fine-tuned with tunelab ({config.train.method}) to
 answer: *{config.data.system_prompt or "the task of its training data"}*
 
 ## Intended use and limits

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.config import TunelabConfig
-from tunelab.model.source import base_model_id
+from tunelab.model.source import base_model_name
 from tunelab.publish.card import model_card
 from tunelab.rundir import RunDir, staged_directory
 
@@ -46,7 +46,7 @@ def _point_adapter_at_base(config: TunelabConfig, folder: Path) -> None:
     path = folder / "adapter_config.json"
     if path.is_file():
         adapter = json.loads(path.read_text())
-        adapter["base_model_name_or_path"] = base_model_id(config.model)
+        adapter["base_model_name_or_path"] = base_model_name(config.model)
         path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
 
 

@@ -38,7 +38,15 @@ def _auth_error(repo_id: str, status: int | None) -> TunelabError:
                         "with write access, or run `hf auth login`")
 
 
-def push_folder(folder: Path, repo_id: str, private: bool) -> Pushed:
+def _check_visibility(api, repo_id: str, private: bool, allow_public: bool) -> None:
+    """`create_repo(exist_ok=True)` leaves an existing repository as it is: a private push must not land
+    in a public one unnoticed."""
+    if private and not allow_public and not api.repo_info(repo_id).private:
+        raise TunelabError(f"{repo_id} already exists and is public, and publish.private is on: make it private "
+                           "on the Hub, or pass --allow-public to push into it as it is")
+
+
+def push_folder(folder: Path, repo_id: str, private: bool, allow_public: bool = False) -> Pushed:
     import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
@@ -48,6 +56,7 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> Pushed:
         try:
             api.whoami()
             url = api.create_repo(repo_id, private=private, exist_ok=True)
+            _check_visibility(api, repo_id, private, allow_public)
             commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id,
                                        commit_message="Upload from tunelab")
             return Pushed(url=str(url), commit=commit.oid)

@@ -27,7 +27,8 @@ from tunelab.evaluate.validation import resolve_metric, score_examples
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values
-from tunelab.train.trainer import TrainingDiverged, run_training
+from tunelab.train.callbacks import TrainingDiverged
+from tunelab.train.trainer import run_training
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

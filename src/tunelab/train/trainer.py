@@ -7,9 +7,7 @@ the loop, optimizer, scheduler, checkpointing and progress bar are transformers'
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -18,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
+from transformers.trainer_callback import PrinterCallback, TrainerState
 
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
-from tunelab.errors import TunelabError
 from tunelab.model.adapters import attach_adapters, count_parameters
 from tunelab.model.batching import IGNORE_INDEX, BatchCollator, answer_only_loss, model_inputs
 from tunelab.model.load import load_model, load_tokenizer, pick_dtype
 from tunelab.model.source import ModelSource, materialize
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
+from tunelab.train.callbacks import JsonlLogCallback, LossWatchdog, TrainingProgress
 from tunelab.train.checkpoints import AtomicCheckpointTrainer, finished_checkpoint, latest_complete_checkpoint
 
 log = logging.getLogger(__name__)
@@ -131,7 +128,7 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         eval_strategy="epoch" if has_validation and not quiet else "no",
-        disable_tqdm=quiet,
+        disable_tqdm=True,  # TrainingProgress shows the one display
         train_sampling_strategy="group_by_length" if train.group_by_length and not train.pack_row_tokens else "random",
         seed=config.seed,
         data_seed=config.seed,
@@ -164,59 +161,11 @@ class TunelabTrainer(AtomicCheckpointTrainer):
         return loss
 
 
-class JsonlLogCallback(TrainerCallback):
-    """Appends every Trainer log record (loss, lr, grad norm, epoch, step) to train_log.jsonl, from the
-    main process only (under `accelerate launch` every process sees every record)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
-
-
 @dataclass
 class TrainingOutcome:
     summary: dict[str, Any]
     model: Any
     tokenizer: Any
-
-
-class TrainingDiverged(TunelabError):
-    """The loss became NaN, infinite or exploded: training cannot recover from there."""
-
-    keeps_run_dir = True  # the checkpoints before the divergence are worth keeping
-
-
-class LossWatchdog(TrainerCallback):
-    """Stops training at a non-finite or exploding loss, naming the step and the likely cause.
-
-    Exploding: more than `EXPLOSION_FACTOR` times the first logged loss, which fine-tuning from a
-    pretrained model never legitimately reaches.
-    """
-
-    EXPLOSION_FACTOR = 4.0
-
-    def __init__(self, learning_rate: float):
-        self.learning_rate = learning_rate
-        self.first_loss: float | None = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        if self.first_loss is None and math.isfinite(loss):
-            self.first_loss = loss
-        exploded = self.first_loss is not None and loss > self.EXPLOSION_FACTOR * self.first_loss
-        if not math.isfinite(loss) or exploded:
-            what = f"exploded to {loss:.4g} (from {self.first_loss:.4g})" if exploded else f"became {loss}"
-            raise TrainingDiverged(
-                f"training loss {what} at step {state.global_step}: the learning rate "
-                f"({self.learning_rate:g}) is probably too high; the last good checkpoint is kept"
-            )
 
 
 def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
@@ -263,8 +212,10 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         callbacks=[JsonlLogCallback(log_path), LossWatchdog(train.learning_rate), *callbacks],
     )
     trainer.answer_only_lm_head = train.answer_only_lm_head
-    if quiet:
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # raw metric dicts: train_log.jsonl and the display hold them
+    display = TrainingProgress()
+    if not quiet:
+        trainer.add_callback(display)
     started = time.perf_counter()
     resume_from = latest_complete_checkpoint(run_dir.checkpoints) if resume else None
     if resume_from:
@@ -279,9 +230,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     else:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except TrainingDiverged:
-            _close_progress_bar(trainer)  # so the one-line error starts on a line of its own
-            raise
+        finally:
+            display.stop()  # so an error starts on a line of its own
         steps, training_loss = result.global_step, result.training_loss
     wall = time.perf_counter() - started
     supervised_per_epoch = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in train_set["labels"])
@@ -316,12 +266,6 @@ def _forget_logs_after(log_path: Path, step: int) -> None:
     """Log records of the steps the resumed run will train again would otherwise appear twice."""
     if log_path.exists():
         write_jsonl(log_path, [record for record in read_jsonl(log_path) if record["step"] <= step])
-
-
-def _close_progress_bar(trainer) -> None:
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-            callback.training_bar.close()
 
 
 def _mean_logged_loss(history: list[dict[str, Any]]) -> float:
