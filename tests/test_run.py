@@ -43,8 +43,9 @@ def test_second_run_skips_every_stage_and_a_change_reruns_what_follows(tmp_path,
     assert "| loss | " in card and f"{tuned['loss']:.4f}" in card and "trials scored on the validation split" in card
     weights = tmp_path / "run" / "model" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
+    assert not list((tmp_path / "run").rglob(".*")), "no lock or staging folder outlives the command"
     modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
-             for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")] if not path.name.endswith(".lock")}
+             for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]}
     expected = {name: oct(0o755) if (tmp_path / name).is_dir() else oct(0o644) for name in modes}
     assert modes == expected  # what a normal write gives under umask 022, atomic writes included
 
@@ -85,9 +86,32 @@ def test_run_killed_during_training_continues_from_its_checkpoint(tmp_path, tiny
     for folder in ("model", "eval"):
         assert sorted(p.name for p in (tmp_path / "run" / folder).iterdir()) == sorted(
             p.name for p in (tmp_path / "reference" / folder).iterdir())
+    assert not list((tmp_path / "run").rglob(".*")), "the killed run's lock and staging folders are gone"
     resumed_weights = load_file(tmp_path / "run" / "model" / "adapter_model.safetensors")
     for key, tensor in load_file(tmp_path / "reference" / "model" / "adapter_model.safetensors").items():
         torch.testing.assert_close(resumed_weights[key], tensor, atol=1e-6, rtol=1e-5)
     reference_metrics = json.loads((tmp_path / "reference" / "eval" / "metrics.json").read_text())
     resumed_metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert abs(resumed_metrics["tuned"]["loss"] - reference_metrics["tuned"]["loss"]) <= 1e-5
+
+
+def test_what_a_killed_stage_leaves_is_cleared_by_the_next_run(tmp_path, tiny_model_dir):
+    """A process killed mid-write leaves its lock file and its staging folders (.NAME.PID.*); the next
+    run clears those of dead processes and keeps those of live ones (another worker writing)."""
+    csv = write_csv(tmp_path / "d.csv", make_label_rows(per_label=8))
+    config = write_config(tmp_path, {"source": str(csv)}, tiny_model_dir)
+    root = tmp_path / "run"
+    run(config, root)
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs
+    dead.wait()
+    stale = [root / f".{name}.{dead.pid}.abc123" for name in ("data", "model", "eval", "publish")]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "half-written.json").write_text("{")
+    (root / ".prepare.lock").touch()
+    live = root / f".eval.{os.getpid()}.live"
+    live.mkdir()
+
+    run(config, root, "--from", "prepare")
+    assert not [folder for folder in stale if folder.exists()] and not (root / ".prepare.lock").exists()
+    assert live.is_dir()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -67,6 +67,9 @@ class DataConfig(Section):
             raise ValueError("set input_column (with label_column or completion_column) or messages_column")
         if bool(self.label_column) == bool(self.completion_column):
             raise ValueError("set exactly one of label_column and completion_column")
+        if not self.test_file and self.test_size + self.validation_size >= 1:
+            raise ValueError(f"data.test_size + data.validation_size = {self.test_size + self.validation_size:g} "
+                             "leaves no rows to train on (keep the sum below 1)")
         return self
 
 
@@ -94,7 +97,8 @@ class PrepareConfig(Section):
         "keep", description="Near copies with different labels (label noise or a deliberate contrast): keep both "
         "rows and report the pair, or drop the later row like any near copy."
     )
-    k: int | Literal["auto"] = Field("auto", description="Number of clusters, or auto (G-means).")
+    k: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="Number of clusters, or auto "
+                                                               "(G-means).")
     k_max: int = Field(64, gt=1, description="Upper bound on K for G-means.")
     alpha: float = Field(1e-4, gt=0, lt=1, description="Significance of the G-means normality test.")
     min_cluster_size: int = Field(8, gt=1, description="G-means never splits a cluster into smaller ones.")
@@ -226,7 +230,7 @@ class DecodingConfig(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="sampling: nucleus mass kept.")
     num_beams: int = Field(4, gt=1, description="beam: beams kept.")
     repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeating tokens.")
-    seed: int = Field(0, description="sampling: seed, so a sampled evaluation can be repeated.")
+    seed: int = Field(0, ge=0, lt=2**32, description="sampling: seed, so a sampled evaluation can be repeated.")
 
     def generate_kwargs(self) -> dict[str, Any]:
         if self.strategy == "sampling":
@@ -293,7 +297,7 @@ class TunelabConfig(Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     output_dir: str = Field("runs/default", description="The run directory.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Split, sampling and training seed (0 to 2**32 - 1).")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -305,7 +309,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
         if not isinstance(child, dict):
             raise TunelabError(f"--set {dotted}: '{key}' is not a section")
         node = child
-    node[keys[-1]] = parse_yaml(raw_value) if raw_value != "" else ""
+    try:
+        node[keys[-1]] = parse_yaml(raw_value) if raw_value != "" else ""
+    except yaml.YAMLError as exc:
+        raise TunelabError(f"--set {dotted}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -320,10 +327,26 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _config_keys(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The config keys of an error location, without the union branch pydantic appends
+    (`prepare.k.constrained-int` is `prepare.k`)."""
+    model: type[BaseModel] | None = TunelabConfig
+    keys = []
+    for part in loc:
+        if keys and (part not in model.model_fields if model is not None else not isinstance(part, int)):
+            break  # past a leaf: a union branch such as 'constrained-int' (list positions stay)
+        keys.append(part)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return tuple(keys)
+
+
 def _describe(error: ValidationError, origin: str, overridden: set[str]) -> str:
     """One line naming the key, and where it came from: the file, or the --set that introduced it."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
+    keys = first["loc"] if first["type"] == "extra_forbidden" else _config_keys(first["loc"])
+    location = ".".join(str(part) for part in keys)
     if location in overridden:
         origin = f"--set {location}"
     if first["type"] == "extra_forbidden":
@@ -338,7 +361,7 @@ def _describe(error: ValidationError, origin: str, overridden: set[str]) -> str:
     if first["type"] == "missing":
         return f"{origin}: missing required key '{location}'"
     where = f"'{location}'" if location else "config"
-    return f"{origin}: {where}: {first['msg']}"
+    return f"{origin}: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TunelabConfig:

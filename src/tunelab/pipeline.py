@@ -22,7 +22,7 @@ from tunelab.config import TunelabConfig, config_dump, config_from_run_dir, load
 from tunelab.data.prepare import duplicates_summary, input_hash, prepare_stage
 from tunelab.errors import TunelabError
 from tunelab.model.source import check_source
-from tunelab.rundir import RunDir, removed_on_failure, write_json
+from tunelab.rundir import RunDir, clear_stale, removed_on_failure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def load(config_path: Path, overrides: list[str], output_dir: Path | None) -> tu
     config = load_config(config_path, overrides)
     if output_dir:
         config.output_dir = str(output_dir)
-    return config, RunDir(config.output_dir)
+    run_dir = RunDir(config.output_dir)
+    if run_dir.root.is_dir():
+        clear_stale(run_dir.root)  # what a killed earlier command left
+    return config, run_dir
 
 
 # The stages, each reading and writing the run directory.

@@ -95,6 +95,8 @@ def plot_clusters(space: np.ndarray, clusters: np.ndarray, picked: np.ndarray, p
     rng = np.random.default_rng(0)
     shown = rng.choice(len(space), min(MAX_POINTS, len(space)), replace=False)
     flat = PCA(n_components=2, random_state=0).fit_transform(space) if space.shape[1] > 2 else space
+    if flat.shape[1] < 2:  # a handful of rows can leave a single dimension
+        flat = np.column_stack([flat, np.zeros(len(flat))])
     chosen = np.zeros(len(space), dtype=bool)
     chosen[picked] = True
     figure, axis = plt.subplots(figsize=(6.5, 5))

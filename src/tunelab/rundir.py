@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -118,11 +119,46 @@ def read_trials(run_dir: RunDir) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+$")
+
+
+def clear_stale(folder: Path, name: str | None = None) -> None:
+    """Remove what killed processes left in `folder`: staging folders (.NAME.PID.*, of `name` only
+    when given) whose process is gone, and lock files nobody holds."""
+    import fcntl
+
+    for entry in folder.glob(".*"):
+        staging = _STAGING.match(entry.name)
+        if staging and entry.is_dir() and (name is None or staging["name"] == name):
+            if not process_alive(int(staging["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+        elif name is None and entry.suffix == ".lock" and entry.is_file():
+            with open(entry, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # held: a live process is working
+                entry.unlink(missing_ok=True)
+
+
 @contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces `final` only if the block succeeds."""
+    """Yield a temporary sibling folder that replaces `final` only if the block succeeds; staging
+    folders a killed process left for `final` are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    clear_stale(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{os.getpid()}."))
     try:
         yield tmp
         permissions_of_a_normal_write(tmp)
@@ -136,16 +172,32 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
 @contextmanager
 def exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_path` (processes of one distributed run prepare data in turn)."""
+    """Hold an exclusive lock on `lock_path` (processes of one distributed run prepare data in turn).
+
+    The file is removed on release, so no lock file outlives the command; a process killed while
+    holding it leaves the file, but the kernel drops the lock with the process, so the next run takes
+    it and removes it. A waiter that acquires a file already removed by the holder tries again, so
+    two processes never hold "the" lock on different files.
+    """
     import fcntl
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
+    while True:
+        handle = open(lock_path, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 @contextmanager

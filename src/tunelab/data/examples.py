@@ -61,11 +61,11 @@ def rows_to_examples(rows: list[dict[str, Any]], config: DataConfig, origin: str
 
 def _example(row: dict[str, Any], config: DataConfig, index: int) -> dict[str, Any]:
     if config.messages_column:
-        return {"id": str(index), "messages": _from_messages(row[config.messages_column], config)}
+        return {"id": str(index), "messages": _from_messages(row.get(config.messages_column), config)}
     answer_column = config.label_column or config.completion_column
     messages = _with_system(config.system_prompt) + [
-        {"role": "user", "content": _text(row[config.input_column], config.input_column)},
-        {"role": "assistant", "content": _text(row[answer_column], answer_column)},
+        {"role": "user", "content": _text(row.get(config.input_column), config.input_column)},
+        {"role": "assistant", "content": _text(row.get(answer_column), answer_column)},
     ]
     example = {"id": str(index), "messages": messages}
     if config.label_column:
@@ -78,7 +78,7 @@ def _with_system(system_prompt: str | None) -> list[dict[str, str]]:
 
 
 def _require_columns(rows: list[dict[str, Any]], columns: list[str], origin: str) -> None:
-    present = list(rows[0].keys())
+    present = list(dict.fromkeys(key for row in rows for key in row))  # JSONL rows may differ
     for column in columns:
         if column not in present:
             raise TunelabError(f"{origin}: no column '{column}' (columns: {', '.join(map(str, present))})")
@@ -87,11 +87,12 @@ def _require_columns(rows: list[dict[str, Any]], columns: list[str], origin: str
 def _text(value: Any, column: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         raise RowProblem(f"'{column}' is missing")
-    if not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        else:
-            raise RowProblem(f"'{column}' is not text ({type(value).__name__})")
+    if isinstance(value, bool):  # a yes/no label column in JSON or Parquet, spelled as JSON does
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        value = str(value)
+    elif not isinstance(value, str):
+        raise RowProblem(f"'{column}' is not text ({type(value).__name__})")
     value = value.strip()
     if not value:
         raise RowProblem(f"'{column}' is empty")

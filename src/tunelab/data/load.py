@@ -30,8 +30,11 @@ def _load_file(path: Path) -> list[dict[str, Any]]:
     if suffix == ".jsonl":
         return _load_jsonl(path)
     if suffix == ".json":
-        payload = json.loads(_read_text(path))
-        if not isinstance(payload, list):
+        try:
+            payload = json.loads(_read_text(path))
+        except json.JSONDecodeError as exc:
+            raise TunelabError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(payload, list) or not all(isinstance(row, dict) for row in payload):
             raise TunelabError(f"{path}: expected a JSON list of objects")
         return payload
     import pandas as pd

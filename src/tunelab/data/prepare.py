@@ -23,7 +23,7 @@ from tunelab.data.labels import check_distinct_labels
 from tunelab.data.load import load_rows
 from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
-from tunelab.data.split import drop_exact_duplicates, label_counts, stratified_split
+from tunelab.data.split import check_held_out, drop_exact_duplicates, label_counts, stratified_split
 from tunelab.data.vectorize import vectorize
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, exclusive, staged_directory, write_json, write_jsonl
@@ -137,10 +137,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         raise TunelabError(f"{data.source}: only {len(pool)} distinct row(s) left after de-duplication")
     vector_of = {example["id"]: vector for example, vector in zip(pool, pool_vectors, strict=True)}
 
+    distinct, near_removed = len(pool), counts["after_exact_dedup"] - len(pool)
     if given_test is None:
         pool, test_rows = stratified_split(pool, data.test_size, config.seed)
+        check_held_out("test", test_rows, data.test_size, distinct, data.source, near_removed)
     holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
     train_pool, validation = stratified_split(pool, holdout_share, config.seed)
+    check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
     _check_test_labels(train_pool, test_rows, data.test_file or data.source)
     counts["train_pool"] = len(train_pool)
 

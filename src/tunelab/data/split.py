@@ -1,7 +1,14 @@
-"""Exact de-duplication and the stratified train/validation/test split.
+"""Exact de-duplication, the stratified train/validation/test split, and the minimum data it needs.
 
 Duplicates are removed *before* splitting, so the same text can never be in both train and test;
 the split is stratified by label with a fixed seed so every label is tested in proportion.
+
+Minimum data, checked before any training: at least 2 distinct rows after de-duplication; a
+held-out split (test unless `data.test_file` is given, validation when `data.validation_size` > 0)
+takes at least one row of each label that has two or more, so it needs such a label and more of
+those rows than labels; a label with a single row is only trained on. Search needs the validation
+split; the TF-IDF baseline and vectors need nothing more (texts without words fall back to
+character n-grams).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 from sklearn.model_selection import train_test_split
 
 from tunelab.data.examples import prompt_messages, user_text
+from tunelab.errors import TunelabError
 
 _SPACE = re.compile(r"\s+")
 
@@ -67,6 +75,20 @@ def stratified_split(
         splittable, test_size=n_held, random_state=seed, stratify=[e["label"] for e in splittable]
     )
     return list(kept) + singletons, list(held)
+
+
+def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool: int, origin: str,
+                   near_removed: int) -> None:
+    """A held-out split that came out empty is an error that says what to add or change."""
+    if held or fraction <= 0:
+        return
+    hints = ["add rows (a held-out split needs a label with 2 or more rows, and more such rows than labels)"]
+    if near_removed:
+        hints.append(f"set prepare.dedup_threshold: null (near-duplicate removal took {near_removed} rows)")
+    if part == "validation":
+        hints.append("set data.validation_size: 0")
+    raise TunelabError(f"{origin}: the {pool} distinct rows left after de-duplication leave the {part} split "
+                       f"({fraction:g}) empty: {', or '.join(hints)}")
 
 
 def _as_lists(parts: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

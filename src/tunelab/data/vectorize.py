@@ -26,11 +26,24 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def tfidf_vectors(texts: list[str], dims: int, seed: int) -> np.ndarray:
-    from sklearn.decomposition import TruncatedSVD
+def fit_tfidf(texts: list[str], dtype=np.float32):
+    """A fitted TfidfVectorizer (sublinear word uni- and bigrams) and the texts' sparse matrix. Texts
+    without a single word of two letters (emoji, "?", "a") give words no vocabulary: then character
+    1-3-grams, which every non-blank text has."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    sparse = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1, dtype=np.float32).fit_transform(texts)
+    try:
+        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), dtype=dtype)
+        return vectorizer, vectorizer.fit_transform(texts)
+    except ValueError:  # "empty vocabulary"
+        vectorizer = TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(1, 3), dtype=dtype)
+        return vectorizer, vectorizer.fit_transform(texts)
+
+
+def tfidf_vectors(texts: list[str], dims: int, seed: int) -> np.ndarray:
+    from sklearn.decomposition import TruncatedSVD
+
+    sparse = fit_tfidf(texts)[1]
     components = min(dims, sparse.shape[1] - 1, len(texts) - 1)
     if components < 2:
         return _unit_rows(sparse.toarray())

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tunelab.data.examples import user_text
+from tunelab.data.vectorize import fit_tfidf
 from tunelab.evaluate.scoring import label_metrics
 
 BASELINE_NAME = "TF-IDF + logistic regression"
 
 
 def fit_predict(train: list[dict[str, Any]], examples: list[dict[str, Any]]) -> list[str]:
-    """Word uni- and bigrams with sublinear TF, C=10: the strong form, not scikit-learn's defaults."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    """Word uni- and bigrams with sublinear TF, C=10: the strong form, not scikit-learn's defaults.
+    With a single training label it is that label, always (what any classifier would learn)."""
     from sklearn.linear_model import LogisticRegression
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    features = vectorizer.fit_transform([user_text(e) for e in train])
-    classifier = LogisticRegression(max_iter=2000, C=10).fit(features, [e["label"] for e in train])
+    trained_labels = [e["label"] for e in train]
+    if len(set(trained_labels)) < 2:
+        return [trained_labels[0]] * len(examples)
+    vectorizer, features = fit_tfidf([user_text(e) for e in train], dtype=np.float64)
+    classifier = LogisticRegression(max_iter=2000, C=10).fit(features, trained_labels)
     return [str(label) for label in classifier.predict(vectorizer.transform([user_text(e) for e in examples]))]
 
 

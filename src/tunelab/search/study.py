@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
 from tunelab.evaluate.validation import resolve_metric, score_examples
-from tunelab.rundir import RunDir, read_jsonl
+from tunelab.rundir import RunDir, process_alive, read_jsonl
 from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values
 from tunelab.train.callbacks import TrainingDiverged
@@ -103,7 +103,7 @@ class Objective:
         train = trial_config.train
         trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("effective_batch_size", train.per_device_batch_size * train.gradient_accumulation_steps)
-        folder = RunDir(self.run_dir.search / "trials" / f"{trial.number:04d}", data=self.run_dir.data)
+        folder = trial_folder(self.run_dir, trial.number)
         shutil.rmtree(folder.root, ignore_errors=True)
         trial_config.output_dir = str(folder.root)
         subset = self.validation[: self.config.search.eval_examples]
@@ -135,6 +135,11 @@ class Objective:
             trial.set_user_attr("fail_reason", f"validation {self.metric} is {value}")
             raise TrainingDiverged(f"trial {trial.number}: validation {self.metric} is {value}")
         return value
+
+
+def trial_folder(run_dir: RunDir, number: int) -> RunDir:
+    """search/trials/NNNN: a trial's own run directory, reading the run's prepared data."""
+    return RunDir(run_dir.search / "trials" / f"{number:04d}", data=run_dir.data)
 
 
 class DuplicateTrial(Exception):
@@ -238,8 +243,9 @@ def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.St
     )
 
 
-def _retry_dead_local_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process on this machine fail now and run again.
+def _retry_dead_local_trials(study: optuna.Study, run_dir: RunDir) -> None:
+    """Trials left RUNNING by a killed process on this machine fail now and run again; their
+    half-written trial folders go.
 
     (Workers on other machines are covered by Optuna's heartbeat after its grace period.)
     """
@@ -247,20 +253,11 @@ def _retry_dead_local_trials(study: optuna.Study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and not process_alive(int(pid)):
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            shutil.rmtree(trial_folder(run_dir, trial.number).root, ignore_errors=True)
             log.info("trial %d was interrupted (worker %s is gone): it runs again", trial.number, worker)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _grid_left(study: optuna.Study, grid: list[dict[str, Any]]) -> int:
@@ -283,7 +280,7 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     study.set_user_attr("metric", metric)
     measure, sign = intermediate_measure(config, metric)
     study.set_user_attr("intermediate", {"measure": measure, "sign": sign, "units": progress_plan(config)[0]})
-    _retry_dead_local_trials(study)
+    _retry_dead_local_trials(study, run_dir)
     objective = Objective(config, run_dir, metric)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
     if config.search.strategy == "tpe":

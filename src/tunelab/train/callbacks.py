@@ -79,13 +79,17 @@ class TrainingProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.latest |= {key: value for key, value in (logs or {}).items()
                         if key in ("loss", "learning_rate", "eval_loss")}
+        if self.progress is not None:
+            self.progress.update(self.task, description=self.describe())
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is None:
-            return
-        task = self.progress.tasks[self.task]
-        self.progress.update(self.task, description=self.describe())
-        self.progress.advance(self.task, state.global_step - task.completed)
+        if state.global_step < state.max_steps:  # the last step is counted after its log record
+            self._advance_to(state.global_step)
+
+    def _advance_to(self, step: int) -> None:
+        if self.progress is not None:
+            done = next(task.completed for task in self.progress.tasks if task.id == self.task)
+            self.progress.advance(self.task, step - done)
 
     def describe(self) -> str:
         parts = ["training"]
@@ -103,4 +107,5 @@ class TrainingProgress(TrainerCallback):
             self.progress = None
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._advance_to(state.global_step)
         self.stop()

@@ -183,6 +183,11 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     source = materialize(config.model)
     tokenizer = load_tokenizer(source, config.model)
     train_set, cuts = encode_split(tokenizer, read_jsonl(run_dir.split("train")), train.max_length)
+    if train.per_device_batch_size > len(train_set):  # a bigger batch only allocates memory for nothing
+        log.log(logging.DEBUG if quiet else logging.WARNING, "train.per_device_batch_size=%d is more than the %d "
+                "training rows: batches of %d", train.per_device_batch_size, len(train_set), len(train_set))
+        train = train.model_copy(update={"per_device_batch_size": len(train_set)})
+        config = config.model_copy(update={"train": train})
     validation_rows = read_jsonl(run_dir.split("validation"))
     validation_set = encode_split(tokenizer, validation_rows, train.max_length)[0] if validation_rows else None
     model = build_model(config, source)
