@@ -159,15 +159,19 @@ def test_token_f1():
 
 
 def test_evaluation_subset_is_stratified_not_the_first_rows_and_names_labels_left_out(caplog):
-    from tunelab.evaluate.stage import evaluation_subset
+    from tunelab.data.split import stratified_subset
 
     rows = [{"id": str(i), "label": label} for label in ("A", "B", "C") for i in range(20)]  # sorted by label
-    subset = evaluation_subset(rows, 15, seed=0)
+
+    def draw(limit, seed):
+        return stratified_subset(rows, limit, seed, "evaluate.max_examples")
+
+    subset = draw(15, 0)
     assert Counter(e["label"] for e in subset) == {"A": 5, "B": 5, "C": 5}
-    assert subset == evaluation_subset(rows, 15, seed=0) != evaluation_subset(rows, 15, seed=1)
+    assert subset == draw(15, 0) != draw(15, 1)
     with caplog.at_level("WARNING"):
-        assert len(evaluation_subset(rows, 2, seed=0)) == 2
-    assert "1 labels are not in the scored subset" in caplog.text
+        assert len(draw(2, 0)) == 2
+    assert "1 label is not in the scored subset" in caplog.text
 
 
 def test_per_label_numbers_cover_only_the_labels_scored():

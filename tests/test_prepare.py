@@ -15,6 +15,7 @@ from tunelab.data.dedup import allowed_word_edits, find_near_duplicates, is_near
 from tunelab.data.prepare import build_splits, prepare_stage
 from tunelab.data.sample import allocate, kmeans_sample
 from tunelab.data.vectorize import tfidf_vectors, vectorize
+from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir
 
 
@@ -246,3 +247,37 @@ def test_word_check_is_strict_on_short_texts_and_lenient_on_long_paraphrases():
     long_text = ("I have been feeling fine all day, but suddenly developed a headache, chest pain, and dizziness "
                  "while out for a walk.")
     assert is_near_copy(long_text, long_text.replace("walk", "run").replace("suddenly", "quickly"), 0.2)
+
+
+def test_a_label_typo_is_reported_with_its_counts_and_a_label_map_merges_it(tmp_path, caplog):
+    from tunelab.pipeline import prepare
+
+    typo = {"text": "A pounding pain behind my left eye since noon.", "label": "Migrane"}
+    rows = make_label_rows(per_label=12) + [typo]
+    csv_path = write_csv(tmp_path / "d.csv", rows)
+
+    def prepared(**data):
+        config = TunelabConfig(data={"source": str(csv_path), "input_column": "text", "label_column": "label", **data},
+                               output_dir=str(tmp_path / f"run{len(data)}"))
+        with caplog.at_level("WARNING", logger="tunelab"):
+            return prepare(config, RunDir(config.output_dir)), RunDir(config.output_dir)
+
+    report, _ = prepared()
+    assert report["similar_labels"] == [{"labels": ["Migrane", "Migraine"], "rows": [1, 12]}]
+    assert any("Migrane" in report["labels"][split] for split in ("pool", "test"))
+    assert "1 label looks like a typo of another: 'Migrane' (1 rows) ~ 'Migraine' (12 rows)" in caplog.text
+    assert "data.label_map, e.g. {'Migrane': 'Migraine'}" in caplog.text
+    caplog.clear()
+    report, run_dir = prepared(label_map={"Migrane": "Migraine"})
+    assert report["similar_labels"] == [] and "typo" not in caplog.text
+    assert not any("Migrane" in report["labels"][split] for split in ("pool", "test"))
+
+
+def test_labels_equal_once_normalised_name_the_label_map_that_merges_them(tmp_path):
+    rows = make_label_rows(per_label=12) + [{"text": "I keep sneezing and my nose runs all day.", "label": "flu."}]
+    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
+                                 "label_column": "label"}, output_dir=str(tmp_path / "run"))
+    with pytest.raises(TunelabError, match="merge them with data.label_map: {'flu.': 'Flu'}"):
+        build_splits(config)
+    merged = config.model_copy(update={"data": config.data.model_copy(update={"label_map": {"flu.": "Flu"}})})
+    assert build_splits(merged).report["labels"]["pool"]["Flu"] >= 9

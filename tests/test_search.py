@@ -142,6 +142,21 @@ def test_tpe_skips_repeated_values_and_trains_n_trials_distinct_ones(tmp_path, t
     assert len(params) == trained and len(set(params)) == trained
 
 
+def test_a_search_shows_its_progress_and_each_trial_s_score_on_a_bounded_validation_subset(tmp_path, tiny_model_dir):
+    config_path = search_config(tmp_path, tiny_model_dir, space={"train.learning_rate": [1e-3, 1e-2]},
+                                validation_examples=3)
+    done = subprocess.run([sys.executable, "-m", "tunelab", "search", str(config_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # stderr is a pipe, as in a log file: the display logs its line; on a terminal it is a rich bar.
+    assert "search: trial 2 of 2 (#1: learning_rate=0.001): 200/200 (100%)" in done.stderr
+    ended = [line for line in done.stderr.splitlines() if "validation loss" in line and "best so far" in line]
+    assert len(ended) == 2 and "trial 0 validation loss" in ended[0], done.stderr
+    assert "scoring a label-stratified subset of 3 of" in done.stderr and "(search.validation_examples" in done.stderr
+    study = optuna.load_study(study_name="tunelab", storage=f"sqlite:///{tmp_path / 'run' / 'search' / 'study.db'}")
+    assert {trial.user_attrs["validation_rows"] for trial in study.trials} == {3}
+
+
 def test_nan_loss_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, tiny_model_dir):
     space = {"train.learning_rate": [1e30, 1e-2]}
     _, _, study = run(search_config(tmp_path, tiny_model_dir, space=space))

@@ -136,6 +136,17 @@ def test_training_shows_one_progress_display_and_no_raw_metric_dicts(tmp_path, l
     assert "{'loss'" not in done.stderr and "it/s]" not in done.stderr and "s/it]" not in done.stderr
 
 
+@pytest.mark.parametrize("each_epoch", [False, True])
+def test_training_passes_over_the_validation_split_only_when_asked(each_epoch, tmp_path, label_csv, tiny_model_dir):
+    config = load_config(write_config(tmp_path, {"source": str(label_csv), "validation_size": 0.2}, tiny_model_dir,
+                                      train={"max_steps": -1, "epochs": 1, "validation_loss_each_epoch": each_epoch}))
+    run_dir = RunDir(config.output_dir)
+    prepare_stage(config, run_dir)
+    run_training(config, run_dir)
+    logged = read_jsonl(run_dir.root / "train_log.jsonl")
+    assert any("eval_loss" in record for record in logged) == each_epoch
+
+
 def test_token_counts_cover_every_epoch(tmp_path, label_csv, tiny_model_dir):
     config = load_config(write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir,
                                       train={"epochs": 2, "max_steps": -1, "save_steps": 1000}))

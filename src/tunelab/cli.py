@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal's width
 )
-console = Console(stderr=True)
+# Lines stay whole in a log file or pipe (rich would wrap them at 80 columns there).
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (sections data, model, train, evaluate, output_dir).")]
 SetOption = Annotated[

@@ -54,6 +54,8 @@ class DataConfig(Section):
     completion_column: str | None = Field(None, description="Free-text answer column.")
     messages_column: str | None = Field(None, description="Column holding a list of chat messages.")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="Instruction sent first.")
+    label_map: dict[str, str] = Field(default_factory=dict, description="Labels renamed as rows are read, e.g. "
+                                      "{transalte: Translate}: merge a typo or a spelling variant into its class.")
     test_size: float = Field(0.2, gt=0, lt=1, description="Share of distinct rows held out for test.")
     validation_size: float = Field(0.0, ge=0, lt=1, description="Share held out for validation.")
 
@@ -177,6 +179,8 @@ class TrainConfig(Section):
                                                   "liger-kernel is installed.")
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")
     evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
+    validation_loss_each_epoch: bool = Field(False, description="Also compute the loss over the whole validation "
+                                             "split at each epoch end (a full pass each time; shown in loss.png).")
 
 
 class Range(Section):
@@ -205,7 +209,11 @@ class SearchConfig(Section):
     n_trials: int = Field(20, gt=0, description="Trials for tpe (all workers together).")
     storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///RUN_DIR/search/study.db.")
     study_name: str = "tunelab"
-    eval_examples: int | None = Field(64, gt=0, description="Validation rows scored at each intermediate report.")
+    eval_examples: int | None = Field(64, gt=0, description="Validation rows (label-stratified) scored at each "
+                                      "intermediate report.")
+    validation_examples: int | None = Field(
+        512, gt=0, description="Validation rows (label-stratified, the same for every trial) each finished trial is "
+        "ranked on: a bounded cost per trial; null: the whole validation split.")
     reports_per_trial: int = Field(9, gt=0, description="Evenly spaced intermediate validation scores per trial "
                                    "(the validation curves).")
     reduction_factor: int = Field(3, gt=1, description="Halving keeps the best 1/reduction_factor at each rung.")

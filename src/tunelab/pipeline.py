@@ -48,6 +48,13 @@ def prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
     counts = report["counts"]
     log.info("data: %d rows read, %s; K=%d clusters; split %s", counts["rows_read"], duplicates_summary(report),
              report["clusters"]["k"], report["sizes"])
+    if report.get("similar_labels"):
+        pairs = report["similar_labels"]
+        shown = "; ".join(f"'{p['labels'][0]}' ({p['rows'][0]} rows) ~ '{p['labels'][1]}' ({p['rows'][1]} rows)"
+                          for p in pairs[:20])
+        log.warning("%d label%s like a typo of another: %s%s; merge with data.label_map, e.g. {'%s': '%s'}",
+                    len(pairs), " looks" if len(pairs) == 1 else "s look", shown, " ..." if len(pairs) > 20 else "",
+                    *pairs[0]["labels"])
     if report["clusters"].get("stopped_at_k_max"):
         log.warning("G-means stopped at its bound, K = prepare.k_max = %d: the data may hold more clusters "
                     "(raise prepare.k_max to let it look further)", report["clusters"]["k"])

@@ -33,6 +33,7 @@ class LoggedProgress(Progress):
         super().__init__(*args, **kwargs)
         self.log_every = log_every
         self._logged_at: dict[TaskID, float] = {}
+        self._finished_logged: set[TaskID] = set()
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
         super().advance(task_id, advance)
@@ -44,8 +45,12 @@ class LoggedProgress(Progress):
         now = time.monotonic()
         task = self._tasks[task_id]
         last = self._logged_at.setdefault(task_id, now)
+        if task.finished and task_id in self._finished_logged:
+            return
         if now - last < self.log_every and not task.finished:
             return
+        if task.finished:
+            self._finished_logged.add(task_id)
         self._logged_at[task_id] = now
         share = f" ({task.completed / task.total:.0%})" if task.total else ""
         eta = f", ETA {task.time_remaining:.0f} s" if task.time_remaining is not None and not task.finished else ""

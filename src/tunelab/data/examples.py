@@ -67,6 +67,8 @@ def _example(row: dict[str, Any], config: DataConfig, index: int) -> dict[str, A
         {"role": "user", "content": _text(row.get(config.input_column), config.input_column)},
         {"role": "assistant", "content": _text(row.get(answer_column), answer_column)},
     ]
+    if config.label_column:
+        messages[-1]["content"] = config.label_map.get(messages[-1]["content"], messages[-1]["content"])
     example = {"id": str(index), "messages": messages}
     if config.label_column:
         example["label"] = messages[-1]["content"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tunelab.config import TunelabConfig
 from tunelab.data.cluster import cluster, silhouette
 from tunelab.data.dedup import find_near_duplicates, word_edits
 from tunelab.data.examples import rows_to_examples, user_text
-from tunelab.data.labels import check_distinct_labels
+from tunelab.data.labels import check_distinct_labels, similar_labels
 from tunelab.data.load import load_rows
 from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
@@ -119,6 +120,7 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
     examples, given_test = _load(config)
     check_distinct_labels((e["label"] for e in examples + (given_test or []) if "label" in e),
                           " + ".join(f for f in (data.source, data.test_file) if f))
+    label_rows = Counter(e["label"] for e in examples + (given_test or []) if "label" in e)
     counts = {"rows_read": len(examples)}
     test_rows, exact = drop_exact_duplicates(given_test) if given_test else ([], [])
     pool, more_exact = drop_exact_duplicates(examples, reserved=test_rows)
@@ -166,6 +168,7 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         "exact_duplicates_with_other_label": sum(d["kind"] == "exact" and d["label"] != d["kept_label"]
                                                  for d in duplicates),
         "near_duplicates": near_summary,
+        "similar_labels": similar_labels(label_rows),
         "vectorizer": prepare.vectorizer,
         "clusters": {
             "k": clustering.k, "method": clustering.method, "k_per_round": clustering.history,

@@ -14,16 +14,19 @@ character n-grams).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from tunelab.data.examples import prompt_messages, user_text
 from tunelab.errors import TunelabError
 
 _SPACE = re.compile(r"\s+")
+log = logging.getLogger(__name__)
 
 
 def normalized_key(example: dict[str, Any]) -> str:
@@ -89,6 +92,36 @@ def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool:
         hints.append("set data.validation_size: 0")
     raise TunelabError(f"{origin}: the {pool} distinct rows left after de-duplication leave the {part} split "
                        f"({fraction:g}) empty: {', or '.join(hints)}")
+
+
+def stratified_subset(examples: list[dict[str, Any]], limit: int | None, seed: int, setting: str,
+                      quiet: bool = False) -> list[dict[str, Any]]:
+    """At most `limit` rows, drawn stratified by label with a fixed seed: never the first rows of a
+    file that may be sorted by label. The draw and the labels it leaves out are logged, naming the
+    `setting` that bounds it (unless `quiet`)."""
+    if not limit or limit >= len(examples):
+        return examples
+    # Systematic stratified draw: the k-th of a label's n shuffled rows gets the key (k + u) / n, so
+    # taking the smallest keys gives each label its share of the rows, to within one.
+    rng = np.random.default_rng(seed)
+    by_label: dict[Any, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_label.setdefault(example.get("label"), []).append(index)
+    keys = np.empty(len(examples))
+    for rows in by_label.values():
+        order = rng.permutation(len(rows))
+        keys[np.array(rows)[order]] = (np.arange(len(rows)) + rng.random()) / len(rows)
+    subset = [examples[i] for i in sorted(np.argsort(keys, kind="stable")[:limit])]
+    if quiet:
+        return subset
+    log.info("scoring a label-stratified subset of %d of %d rows (%s, seed %d)", len(subset), len(examples),
+             setting, seed)
+    missing = sorted({e["label"] for e in examples if "label" in e} - {e["label"] for e in subset if "label" in e})
+    if missing:
+        log.warning("%d label%s not in the scored subset (raise %s to cover them): %s%s", len(missing),
+                    " is" if len(missing) == 1 else "s are", setting, ", ".join(missing[:20]),
+                    " ..." if len(missing) > 20 else "")
+    return subset
 
 
 def _as_lists(parts: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

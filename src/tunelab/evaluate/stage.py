@@ -21,6 +21,7 @@ from tunelab.data.chat import answer_budget, opens_thinking, thinking_unfinished
 from tunelab.data.examples import answer_text, rows_to_examples, user_text
 from tunelab.data.labels import check_distinct_labels, known_labels
 from tunelab.data.load import load_rows
+from tunelab.data.split import stratified_subset
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
 from tunelab.evaluate.constrain import LabelTrie
@@ -87,7 +88,7 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     examples = load_eval_examples(config, run_dir, data_file)
     if not examples:
         raise TunelabError(f"{data_file or run_dir.split('test')}: no test examples")
-    examples = evaluation_subset(examples, config.evaluate.max_examples, config.seed)
+    examples = stratified_subset(examples, config.evaluate.max_examples, config.seed, "evaluate.max_examples")
     tuned, tokenizer, base_context = load_tuned(config, run_dir)
     tuned.eval()
     labels = known_labels(run_dir, examples) if config.data.label_column else None
@@ -112,31 +113,6 @@ def run_evaluation(config: TunelabConfig, run_dir: RunDir, data_file: str | None
     if write:
         _write(run_dir.evaluation(data_file), examples, labels, results, generations, baseline_answers)
     return results
-
-
-def evaluation_subset(examples: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
-    """At most `limit` rows, drawn stratified by label with a fixed seed: never the first rows of a
-    file that may be sorted by label. Labels the subset leaves out are named."""
-    if not limit or limit >= len(examples):
-        return examples
-    # Systematic stratified draw: the k-th of a label's n shuffled rows gets the key (k + u) / n, so
-    # taking the smallest keys gives each label its share of the rows, to within one.
-    rng = np.random.default_rng(seed)
-    by_label: dict[Any, list[int]] = {}
-    for index, example in enumerate(examples):
-        by_label.setdefault(example.get("label"), []).append(index)
-    keys = np.empty(len(examples))
-    for rows in by_label.values():
-        order = rng.permutation(len(rows))
-        keys[np.array(rows)[order]] = (np.arange(len(rows)) + rng.random()) / len(rows)
-    subset = [examples[i] for i in sorted(np.argsort(keys, kind="stable")[:limit])]
-    log.info("scoring a label-stratified subset of %d of %d rows (evaluate.max_examples, seed %d)",
-             len(subset), len(examples), seed)
-    missing = sorted({e["label"] for e in examples if "label" in e} - {e["label"] for e in subset if "label" in e})
-    if missing:
-        log.warning("%d labels are not in the scored subset (raise evaluate.max_examples to cover them): %s%s",
-                    len(missing), ", ".join(missing[:20]), " ..." if len(missing) > 20 else "")
-    return subset
 
 
 def _write(destination: Path, examples, labels, results, generations, baseline_answers) -> None:

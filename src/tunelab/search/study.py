@@ -22,9 +22,11 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from tunelab.config import TunelabConfig
+from tunelab.data.split import stratified_subset
 from tunelab.errors import TunelabError
 from tunelab.evaluate.validation import resolve_metric, score_examples
 from tunelab.rundir import RunDir, process_alive, read_jsonl
+from tunelab.search.display import SearchDisplay
 from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values
 from tunelab.train.callbacks import TrainingDiverged
@@ -87,13 +89,19 @@ def intermediate_measure(config: TunelabConfig, metric: str) -> tuple[str, float
 class Objective:
     """Train one configuration from the base model and return its validation score."""
 
-    def __init__(self, config: TunelabConfig, run_dir: RunDir, metric: str):
-        self.config, self.run_dir, self.metric = config, run_dir, metric
-        self.validation = read_jsonl(run_dir.split("validation"))
+    def __init__(self, config: TunelabConfig, run_dir: RunDir, metric: str, display: SearchDisplay):
+        self.config, self.run_dir, self.metric, self.display = config, run_dir, metric, display
+        validation = read_jsonl(run_dir.split("validation"))
         train = read_jsonl(run_dir.split("train"))
-        labels = {e["label"] for e in train + self.validation if "label" in e}
+        labels = {e["label"] for e in train + validation if "label" in e}
         self.labels = sorted(labels) or None
         self.tokenizer = _tokenizer_for(config)
+        # What scoring a trial costs is bounded: the same stratified rows for every trial.
+        search = config.search
+        self.ranked_on = stratified_subset(validation, search.validation_examples, config.seed,
+                                           "search.validation_examples")
+        self.intermediate_rows = stratified_subset(validation, search.eval_examples, config.seed,
+                                                   "search.eval_examples", quiet=True)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.config)
@@ -102,11 +110,12 @@ class Objective:
         trial_config.train.evaluate_after = False
         train = trial_config.train
         trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("validation_rows", len(self.ranked_on))
         trial.set_user_attr("effective_batch_size", train.per_device_batch_size * train.gradient_accumulation_steps)
         folder = trial_folder(self.run_dir, trial.number)
         shutil.rmtree(folder.root, ignore_errors=True)
         trial_config.output_dir = str(folder.root)
-        subset = self.validation[: self.config.search.eval_examples]
+        subset = self.intermediate_rows
         measure, sign = intermediate_measure(self.config, self.metric)
         units, points = progress_plan(self.config)
         reporter = IntermediateScores(
@@ -116,10 +125,16 @@ class Objective:
         )
         started = time.perf_counter()
         log.info("trial %d: %s", trial.number, ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in values.items()))
+        self.display.start_trial(trial.number, values)
+
+        def seconds() -> str:
+            return f"{time.perf_counter() - started:.0f} s"
+
         try:
-            outcome = run_training(trial_config, folder, callbacks=(reporter,), quiet=True)
+            outcome = run_training(trial_config, folder, callbacks=(reporter, self.display), quiet=True)
         except (TrainingDiverged, torch.OutOfMemoryError) as error:
             trial.set_user_attr("fail_reason", str(error).splitlines()[0])
+            self.display.end_trial(trial.study, trial.number, f"failed: {str(error).splitlines()[0]} ({seconds()})")
             raise
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 1))
@@ -128,12 +143,16 @@ class Objective:
         shutil.rmtree(folder.checkpoints, ignore_errors=True)  # trials keep their final weights only
         if reporter.pruned_at is not None:
             trial.set_user_attr("pruned_at_examples", reporter.pruned_at)
+            self.display.end_trial(trial.study, trial.number, f"pruned after {reporter.pruned_at} examples "
+                                                              f"({seconds()})")
             raise optuna.TrialPruned(f"pruned after {reporter.pruned_at} examples")
-        value = score_examples(outcome.model, outcome.tokenizer, self.validation, self.labels, trial_config,
+        value = score_examples(outcome.model, outcome.tokenizer, self.ranked_on, self.labels, trial_config,
                                self.metric)
         if not math.isfinite(value):
             trial.set_user_attr("fail_reason", f"validation {self.metric} is {value}")
+            self.display.end_trial(trial.study, trial.number, f"failed: validation {self.metric} is {value}")
             raise TrainingDiverged(f"trial {trial.number}: validation {self.metric} is {value}")
+        self.display.end_trial(trial.study, trial.number, f"validation {self.metric} {value:.4f} ({seconds()})", value)
         return value
 
 
@@ -182,11 +201,17 @@ class TrialBudget:
     def __init__(self, n_trials: int, combinations: int | None):
         self.n_trials, self.combinations = n_trials, combinations
 
-    def spent(self, study: optuna.Study) -> bool:
+    def remaining(self, study: optuna.Study) -> int:
+        """Trials still to train: the budget left, or fewer when few combinations are left untried."""
         trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                                         TrialState.FAIL)) if not _is_duplicate(t)]
-        tried = {tuple(sorted(t.params.items())) for t in trained}
-        return len(trained) >= self.n_trials or (self.combinations is not None and len(tried) >= self.combinations)
+        left = self.n_trials - len(trained)
+        if self.combinations is not None:
+            left = min(left, self.combinations - len({tuple(sorted(t.params.items())) for t in trained}))
+        return max(left, 0)
+
+    def spent(self, study: optuna.Study) -> bool:
+        return self.remaining(study) == 0
 
     def __call__(self, study: optuna.Study, _trial) -> None:
         if self.spent(study):
@@ -281,20 +306,26 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     measure, sign = intermediate_measure(config, metric)
     study.set_user_attr("intermediate", {"measure": measure, "sign": sign, "units": progress_plan(config)[0]})
     _retry_dead_local_trials(study, run_dir)
-    objective = Objective(config, run_dir, metric)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
     if config.search.strategy == "tpe":
         budget = TrialBudget(config.search.n_trials, space_size(config))
-        if not budget.spent(study):  # a resumed search may have used its budget already
-            study.optimize(objective, callbacks=[budget], catch=failures,
+        if budget.spent(study):  # a resumed search may have used its budget already
+            return study
+        with SearchDisplay(budget.remaining(study)) as display:
+            study.optimize(Objective(config, run_dir, metric, display), callbacks=[budget], catch=failures,
                            n_trials=config.search.n_trials * (1 + REPEATS_PER_TRIAL))
         return study
     grid = grid_points(config)
 
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
     def stop_when_grid_is_taken(study: optuna.Study, _trial) -> None:
-        if not _grid_left(study, grid) and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if not _grid_left(study, grid) and not waiting():
             study.stop()
 
-    if _grid_left(study, grid) or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study.optimize(objective, callbacks=[stop_when_grid_is_taken], catch=failures)
+    if _grid_left(study, grid) or waiting():
+        with SearchDisplay(_grid_left(study, grid) + waiting()) as display:
+            study.optimize(Objective(config, run_dir, metric, display), callbacks=[stop_when_grid_is_taken],
+                           catch=failures)
     return study

@@ -127,7 +127,7 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
-        eval_strategy="epoch" if has_validation and not quiet else "no",
+        eval_strategy="epoch" if has_validation else "no",
         disable_tqdm=True,  # TrainingProgress shows the one display
         train_sampling_strategy="group_by_length" if train.group_by_length and not train.pack_row_tokens else "random",
         seed=config.seed,
@@ -188,7 +188,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
                 "training rows: batches of %d", train.per_device_batch_size, len(train_set), len(train_set))
         train = train.model_copy(update={"per_device_batch_size": len(train_set)})
         config = config.model_copy(update={"train": train})
-    validation_rows = read_jsonl(run_dir.split("validation"))
+    validation_rows = read_jsonl(run_dir.split("validation")) if train.validation_loss_each_epoch and not quiet else []
     validation_set = encode_split(tokenizer, validation_rows, train.max_length)[0] if validation_rows else None
     model = build_model(config, source)
     parameters = count_parameters(model)
