@@ -138,7 +138,7 @@ def worker(variant: str, csv: str, threads: int, steps: int, overrides: tuple[st
         tunelab_trainer.TunelabTrainer.__init__ = counting_init
         outcome = tunelab_trainer.run_training(config, run_dir, quiet=True)
         wall, model = outcome.summary["wall_seconds"], outcome.model
-        train_loss = outcome.summary["train_loss"]
+        train_loss = outcome.summary["train_loss_mean"]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # training only, not the scoring below
     counter = counters[0]
     model.eval()

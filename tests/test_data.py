@@ -124,3 +124,12 @@ def test_test_label_unseen_in_training_is_an_error(tmp_path):
     write_csv(test_path, many)
     with pytest.raises(TunelabError, match="23 test labels never appear in training: 'Label00', .*'Label19' and 3 "):
         build_splits(TunelabConfig(data=data_config(train_path, test_file=str(test_path))))
+
+
+def test_a_dataset_is_named_from_the_config_or_by_a_file_name_that_says_something():
+    from tunelab.data.load import dataset_name
+
+    assert dataset_name("../shared/data/clinc150/train.csv") == "clinc150"
+    assert dataset_name("data/symptom2disease.csv") == "symptom2disease"
+    assert dataset_name("../shared/data/clinc150/train.csv", "CLINC150 intents") == "CLINC150 intents"
+    assert dataset_name("owner/hub-dataset") == "owner/hub-dataset"

@@ -27,7 +27,7 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     folder = tmp_path_factory.mktemp("publish")
     csv = write_csv(folder / "symptoms.csv", make_label_rows(per_label=8))
     config = write_config(folder, {"source": str(csv)}, tiny_model_dir, train={"max_steps": 4},
-                          publish={"verify_prompts": 2})
+                          publish={"verify_prompts": 2, "disclaimer": "Not a medical device and not medical advice."})
     done = subprocess.run([*TUNELAB, "train", str(config)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "run"
@@ -213,7 +213,13 @@ def test_the_card_parses_back_with_the_metrics_of_metrics_json(trained_run):
     assert card.data.base_model is None and card.data.library_name == "peft"  # a local base has no Hub id
     index = yaml.safe_load(card.content.split("---")[1])["model-index"]
     assert index[0]["results"][0]["dataset"]["split"] == "test"
-    assert "not a medical device" in card.text.lower() or "not medical advice" in card.text.lower()
+    # The card speaks of this task: the configured disclaimer, a test row as the example prompt, the
+    # dataset by name, and what the train loss is.
+    assert "**Not a medical device and not medical advice.**" in card.text
+    first_test = json.loads((trained_run / "data" / "test.jsonl").read_text().splitlines()[0])
+    assert repr(first_test["messages"][-2]["content"]) in card.text and "pypi" not in card.text
+    assert index[0]["results"][0]["dataset"]["name"] == "symptoms"
+    assert "train loss last logged" in card.text and "mean over the run" in card.text
     # A local base is named by its folder, never by this machine's path.
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     local_path = config["model"]["name_or_path"]

@@ -284,7 +284,8 @@ def train(
     process = f"process {summary['process']}: " if not summary["process"].endswith("/1") else ""
     console.print(
         f"{process}trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
-        f"(effective batch {summary['effective_batch_size']}, final train loss {summary['train_loss']:.4f})"
+        f"(effective batch {summary['effective_batch_size']}; train loss last logged "
+        f"{summary['train_loss_last']:.4f}, mean over the run {summary['train_loss_mean']:.4f})"
     )
     run = summary["run_dir"]
     if metrics:

@@ -54,6 +54,8 @@ class DataConfig(Section):
     completion_column: str | None = Field(None, description="Free-text answer column.")
     messages_column: str | None = Field(None, description="Column holding a list of chat messages.")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="Instruction sent first.")
+    name: str | None = Field(None, description="The dataset's name in cards and reports; default: the data "
+                             "file's name (its folder's for generic names such as train.csv).")
     label_map: dict[str, str] = Field(default_factory=dict, description="Labels renamed as rows are read, e.g. "
                                       "{transalte: Translate}: merge a typo or a spelling variant into its class.")
     test_size: float = Field(0.2, gt=0, lt=1, description="Share of distinct rows held out for test.")
@@ -292,6 +294,12 @@ class PublishConfig(Section):
     license: str | None = Field(None, description="License id for the card, e.g. apache-2.0 (check the base's).")
     verify: bool = Field(True, description="After the push, download the repo and check that it gives the "
                                            "answers of eval/predictions.jsonl.")
+    intended_use: str = Field(
+        "Answers short questions like those of its training data, in their style. It inherits the base model's "
+        "limits and biases, can be confidently wrong, and was evaluated only on the held-out split below.",
+        description="The card's intended-use text.")
+    disclaimer: str | None = Field(None, description="A warning the card shows in bold, e.g. 'Not a medical "
+                                   "device and not medical advice; a clinician decides.'")
     verify_prompts: int = Field(3, ge=1, description="At least this many test prompts are compared in that check: "
                                 "whole evaluation batches, so the answers must match exactly.")
 

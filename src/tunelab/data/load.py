@@ -11,6 +11,20 @@ from tunelab.errors import TunelabError
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
+GENERIC_STEMS = {"train", "test", "validation", "valid", "dev", "data", "dataset", "all", "full"}
+
+
+def dataset_name(source: str, name: str | None = None) -> str:
+    """`name` when given; else a file's stem, or its folder's name when the stem says nothing
+    ("clinc150" for clinc150/train.csv); a Hub id as it is."""
+    if name:
+        return name
+    path = Path(source)
+    if not path.suffix:
+        return source
+    return path.parent.name if path.stem.lower() in GENERIC_STEMS and path.parent.name else path.stem
+
+
 def load_rows(source: str, hub_split: str = "train") -> list[dict[str, Any]]:
     """Rows of a local file, or of a Hub dataset when `source` is not a local path."""
     path = Path(source)

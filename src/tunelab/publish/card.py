@@ -11,26 +11,24 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tunelab.config import TunelabConfig
 from tunelab.data.chat import PLAIN_ANSWER_BUDGET
+from tunelab.data.examples import user_text
+from tunelab.data.load import dataset_name
 from tunelab.data.prepare import duplicates_summary
 from tunelab.evaluate.scoring import comparison_rows
 from tunelab.model.source import base_model_id, base_model_name
-from tunelab.rundir import RunDir, read_trials
+from tunelab.rundir import RunDir, read_jsonl, read_trials
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _dataset_name(config: TunelabConfig) -> str:
-    return Path(config.data.source).stem if Path(config.data.source).suffix else config.data.source
-
-
 def card_data(config: TunelabConfig, metrics: dict[str, Any], repo_id: str, license_id: str | None) -> ModelCardData:
     tuned = metrics.get("tuned", {})
     results = [
         EvalResult(task_type="text-generation", dataset_type="csv" if Path(config.data.source).suffix else
-                   config.data.source, dataset_name=_dataset_name(config), dataset_split="test",
-                   metric_type=name, metric_value=round(float(tuned[name]), 4))
+                   config.data.source, dataset_name=dataset_name(config.data.source, config.data.name),
+                   dataset_split="test", metric_type=name, metric_value=round(float(tuned[name]), 4))
         for name in ("accuracy", "macro_f1", "loss") if name in tuned
     ]
     hub_dataset = [config.data.source] if not Path(config.data.source).suffix and "/" in config.data.source else None
@@ -72,7 +70,24 @@ def _data_summary(run_dir: RunDir) -> str:
                f"{report['sample']['pool']} rows" if "sample" in report else "") + ".")
 
 
-def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int) -> str:
+def _training_summary(run_dir: RunDir) -> str:
+    summary = _read_json(run_dir.model / "training_summary.json")
+    if not summary:
+        return "No training summary."
+    return (f"{summary['steps']} optimizer steps of {summary['effective_batch_size']} examples on "
+            f"{summary['train_rows']} rows ({summary.get('epochs', '?')} epochs) in {summary['wall_seconds']:.0f} s; "
+            f"train loss last logged {summary['train_loss_last']:.4f}, mean over the run "
+            f"{summary['train_loss_mean']:.4f} (answer tokens only).")
+
+
+def _example_prompt(run_dir: RunDir) -> str:
+    """The first test row's text: a prompt of the task, whatever the task is."""
+    test = run_dir.split("test")
+    rows = read_jsonl(test) if test.is_file() else []
+    return user_text(rows[0]) if rows else "..."
+
+
+def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int, prompt: str) -> str:
     system = config.data.system_prompt or ""
     if config.train.method == "full" or merged:
         load = (f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
@@ -88,7 +103,7 @@ def _usage(config: TunelabConfig, repo_id: str, merged: bool, budget: int) -> st
 
 {load}
 messages = [{{"role": "system", "content": {system!r}}},
-            {{"role": "user", "content": "I have had a fever and a dry cough for three days."}}]
+            {{"role": "user", "content": {prompt!r}}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 answer = model.generate(**inputs, max_new_tokens={budget}, do_sample=False)
 print(tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
@@ -118,10 +133,8 @@ answer: *{config.data.system_prompt or "the task of its training data"}*
 
 ## Intended use and limits
 
-Answers short domain questions in the style of its training data. It inherits the base model's
-limits and biases, can be confidently wrong, and was evaluated only on the held-out split below.
-If the data is medical: this is **not a medical device and not medical advice**; a clinician decides.
-
+{config.publish.intended_use}
+{f"{chr(10)}**{config.publish.disclaimer}**{chr(10)}" if config.publish.disclaimer else ""}
 ## Test results (held-out split, {metrics.get("n_test", "?")} examples, identical prompts)
 
 {_metrics_table(metrics) if metrics else "Not evaluated."}
@@ -134,6 +147,10 @@ If the data is medical: this is **not a medical device and not medical advice**;
 
 {_search_summary(run_dir)}
 
+## Training
+
+{_training_summary(run_dir)}
+
 ## Training configuration
 
 ```yaml
@@ -142,7 +159,7 @@ If the data is medical: this is **not a medical device and not medical advice**;
 
 ## How to use
 
-{_usage(config, repo_id, merged, metrics.get("max_new_tokens") or PLAIN_ANSWER_BUDGET)}
+{_usage(config, repo_id, merged, metrics.get("max_new_tokens") or PLAIN_ANSWER_BUDGET, _example_prompt(run_dir))}
 
 ## Plots
 

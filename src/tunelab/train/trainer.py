@@ -245,7 +245,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         "parameters": parameters,
         "effective_batch_size": effective_batch,
         "steps": steps,
-        "train_loss": training_loss,
+        "train_loss_mean": training_loss,  # over every logged step of the run
+        "train_loss_last": _last_logged_loss(trainer.state.log_history),
         "wall_seconds": round(wall, 1),
         "train_rows": len(train_set),
         **cuts,
@@ -276,6 +277,11 @@ def _forget_logs_after(log_path: Path, step: int) -> None:
 def _mean_logged_loss(history: list[dict[str, Any]]) -> float:
     losses = [record["loss"] for record in history if "loss" in record]
     return sum(losses) / len(losses) if losses else float("nan")
+
+
+def _last_logged_loss(history: list[dict[str, Any]]) -> float:
+    losses = [record["loss"] for record in history if "loss" in record]
+    return losses[-1] if losses else float("nan")
 
 
 def _world_size() -> int:
