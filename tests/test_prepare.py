@@ -281,3 +281,20 @@ def test_labels_equal_once_normalised_name_the_label_map_that_merges_them(tmp_pa
         build_splits(config)
     merged = config.model_copy(update={"data": config.data.model_copy(update={"label_map": {"flu.": "Flu"}})})
     assert build_splits(merged).report["labels"]["pool"]["Flu"] >= 9
+
+
+def test_a_sample_the_floors_push_over_its_budget_and_labels_below_the_floor_are_reported(tmp_path, caplog):
+    from tunelab.pipeline import prepare
+
+    rows = make_label_rows(per_label=12)
+    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
+                                 "label_column": "label"}, prepare={"sample": 2, "min_per_label": 20},
+                           output_dir=str(tmp_path / "run"))
+    with caplog.at_level("WARNING", logger="tunelab"):
+        report = prepare(config, RunDir(config.output_dir))
+    sample = report["sample"]
+    assert sample["requested"] == 2 and sample["size"] > 2
+    assert sample["labels_below_floor"] == ["Eczema", "Flu", "Migraine"]
+    extra = sample["size"] - 2
+    assert f"the training sample holds {sample['size']} rows, {extra} more than prepare.sample" in caplog.text
+    assert "3 labels have fewer than prepare.min_per_label=20 rows in the pool (all taken): Eczema, Flu" in caplog.text

@@ -55,6 +55,16 @@ def prepare(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
         log.warning("%d label%s like a typo of another: %s%s; merge with data.label_map, e.g. {'%s': '%s'}",
                     len(pairs), " looks" if len(pairs) == 1 else "s look", shown, " ..." if len(pairs) > 20 else "",
                     *pairs[0]["labels"])
+    sample = report.get("sample", {})
+    if sample.get("size", 0) > sample.get("requested", float("inf")):
+        log.warning("the training sample holds %d rows, %d more than prepare.sample asks: every label keeps "
+                    "prepare.min_per_label=%d rows and every cluster one", sample["size"],
+                    sample["size"] - sample["requested"], sample["min_per_label"])
+    if sample.get("labels_below_floor"):
+        below = sample["labels_below_floor"]
+        log.warning("%d label%s fewer than prepare.min_per_label=%d rows in the pool (all taken): %s%s", len(below),
+                    " has" if len(below) == 1 else "s have", sample["min_per_label"], ", ".join(below[:20]),
+                    " ..." if len(below) > 20 else "")
     if report["clusters"].get("stopped_at_k_max"):
         log.warning("G-means stopped at its bound, K = prepare.k_max = %d: the data may hold more clusters "
                     "(raise prepare.k_max to let it look further)", report["clusters"]["k"])

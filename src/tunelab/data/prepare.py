@@ -181,8 +181,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
                    "validation": label_counts(validation), "test": label_counts(test_rows)},
     }
     if prepare.sample is not None:
+        pool_counts = label_counts(train_pool)
         report["sample"] = {"strategy": prepare.strategy, "within_cluster": prepare.within_cluster,
-                            "size": len(train), "pool": len(train_pool)}
+                            "size": len(train), "requested": sample_size(prepare.sample, len(train_pool)),
+                            "pool": len(train_pool), "min_per_label": prepare.min_per_label,
+                            # bounds that were hit: labels the floor takes whole, rows the floors add
+                            "labels_below_floor": sorted(label for label, rows in pool_counts.items()
+                                                         if rows < prepare.min_per_label)}
         report["representativeness"] = representativeness(
             clustering.space, labels, clustering.labels, picked, prepare.random_baselines, config.seed)
     return Prepared({"train": train, "validation": validation, "test": test_rows}, duplicates, report,
