@@ -100,8 +100,9 @@ def test_a_hub_model_that_cannot_be_fetched_fails_before_any_stage(tmp_path, tin
     import subprocess
     import sys
 
-    config = write_config(tmp_path, {"source": csv_file(tmp_path)}, tiny_model_dir,
-                          model={"name_or_path": "tunelab-tests/no-such-model"})
+    config = write_config(tmp_path, {"source": csv_file(tmp_path), "validation_size": 0.2}, tiny_model_dir,
+                          model={"name_or_path": "tunelab-tests/no-such-model"},
+                          search={"space": {"train.learning_rate": [1e-3]}})
     for command in ("run", "search", "train"):
         done = subprocess.run([sys.executable, "-m", "tunelab", command, str(config)], capture_output=True, text=True,
                               timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -135,12 +135,17 @@ def check_outcome(result, folder: Path, data_file: Path) -> None:
     assert result.exit_code in (0, 2), f"exit {result.exit_code}: {result.output[-2000:]}\n{result.exception!r}"
     if result.exit_code == 2:
         lines = [line for line in result.output.splitlines() if line.strip()]
-        assert lines and lines[0].startswith("error: "), result.output
-        assert data_file.name in lines[0] or any(key in lines[0] for key in KEYS_IN_ERRORS), lines[0]
-        assert len([line for line in lines if line.startswith("error: ")]) == 1, result.output
-        diverged = "training loss" in lines[0]  # a diverged training keeps its checkpoints on purpose
+        # Log lines of the work done before the problem showed may come first; then one error line (with
+        # the other bad rows indented below it when several rows are bad).
+        starts = [index for index, line in enumerate(lines) if line.startswith("error: ")]
+        assert len(starts) == 1, result.output
+        error = lines[starts[0]]
+        assert all(line.startswith(("INFO ", "WARNING ")) for line in lines[:starts[0]]), result.output
+        assert all(line.startswith("  ") for line in lines[starts[0] + 1:]), result.output
+        assert data_file.name in error or any(key in error for key in KEYS_IN_ERRORS), error
+        diverged = "training loss" in error  # a diverged training keeps its checkpoints on purpose
         assert diverged or not run.exists(), "a failed command must not leave a run directory"
-        reason = re.sub(r"\d+", "N", lines[0].split(": ", 2)[-1])[:50]
+        reason = re.sub(r"\d+", "N", error.split(": ", 2)[-1])[:50]
         record(f"exit 2: {reason}")
         return
     record("exit 0")

@@ -30,8 +30,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal's width
 )
-# Lines stay whole in a log file or pipe (rich would wrap them at 80 columns there).
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
+console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (sections data, model, train, evaluate, output_dir).")]
 SetOption = Annotated[
@@ -49,12 +48,20 @@ def _setup_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*experimental.*")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="sklearn")  # e.g. PCA of 2 rows
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # a log file or a pipe: whole lines, one per record (rich would wrap them at 80 columns)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if getattr(h, "tunelab", False)]:  # an earlier in-process command's
+        root.removeHandler(previous)
+    handler.tunelab = True
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("tunelab").setLevel(logging.INFO)
 
 

@@ -101,6 +101,15 @@ def publish(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
 
 # The commands.
 
+def check_search_settings(config: TunelabConfig) -> None:
+    """What a search needs, checked before any stage writes a file."""
+    from tunelab.search.space import validate_space
+
+    validate_space(config)
+    if not config.data.validation_size:
+        raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1)")
+
+
 def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:
     """`tunelab prepare`: only the data stage, into RUN_DIR/data."""
     config, run_dir = load(config_path, overrides, output_dir)
@@ -111,6 +120,7 @@ def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None
 def search_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> dict[str, Any]:
     """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
     config, run_dir = load(config_path, overrides, output_dir)
+    check_search_settings(config)
     check_source(config.model)
     with removed_on_failure(run_dir.root):
         prepare(config, run_dir)
@@ -219,6 +229,8 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     if from_stage and from_stage not in STAGES:
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
     check_source(config.model)
+    if config.search.space:
+        check_search_settings(config)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     outputs: dict[str, Any] = {"skipped": []}
     hashes = stage_hashes(config)

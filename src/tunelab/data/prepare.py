@@ -172,7 +172,7 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         "vectorizer": prepare.vectorizer,
         "clusters": {
             "k": clustering.k, "method": clustering.method, "k_per_round": clustering.history,
-            "stopped_at_k_max": k == "auto" and clustering.k >= min(prepare.k_max, len(train_pool)),
+            "stopped_at_k_max": k == "auto" and clustering.k >= prepare.k_max,
             "sizes": clustering.sizes(),
             "silhouette": silhouette(clustering.space, clustering.labels, config.seed),
         },
