@@ -25,15 +25,20 @@ def test_gmeans_finds_k_on_24_blobs_in_384_dimensions():
     assert 22 <= found.k <= 26, found.history
 
 
-def test_gmeans_reaching_k_max_is_reported(tmp_path, caplog):
+def prepare_logged(folder, caplog, rows, data=None, **prepare_settings) -> dict:
+    """The prepare stage as `tunelab prepare` runs it, its warnings in `caplog`; the report."""
     from tunelab.pipeline import prepare
 
-    rows = make_label_rows(per_label=40)
-    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
-                                 "label_column": "label"}, prepare={"k_max": 2, "min_cluster_size": 2},
-                           output_dir=str(tmp_path / "run"))
+    csv_path = write_csv(folder / "d.csv", rows)
+    run = folder / f"run-{len(list(folder.glob('run-*')))}"
+    config = TunelabConfig(data={"source": str(csv_path), "input_column": "text", "label_column": "label",
+                                 **(data or {})}, prepare=prepare_settings, output_dir=str(run))
     with caplog.at_level("WARNING", logger="tunelab"):
-        report = prepare(config, RunDir(config.output_dir))
+        return prepare(config, RunDir(config.output_dir))
+
+
+def test_gmeans_reaching_k_max_is_reported(tmp_path, caplog):
+    report = prepare_logged(tmp_path, caplog, make_label_rows(per_label=40), k_max=2, min_cluster_size=2)
     assert report["clusters"]["k"] == 2 and report["clusters"]["stopped_at_k_max"] is True
     assert "G-means stopped at its bound, K = prepare.k_max = 2" in caplog.text
 
@@ -250,25 +255,15 @@ def test_word_check_is_strict_on_short_texts_and_lenient_on_long_paraphrases():
 
 
 def test_a_label_typo_is_reported_with_its_counts_and_a_label_map_merges_it(tmp_path, caplog):
-    from tunelab.pipeline import prepare
-
     typo = {"text": "A pounding pain behind my left eye since noon.", "label": "Migrane"}
     rows = make_label_rows(per_label=12) + [typo]
-    csv_path = write_csv(tmp_path / "d.csv", rows)
-
-    def prepared(**data):
-        config = TunelabConfig(data={"source": str(csv_path), "input_column": "text", "label_column": "label", **data},
-                               output_dir=str(tmp_path / f"run{len(data)}"))
-        with caplog.at_level("WARNING", logger="tunelab"):
-            return prepare(config, RunDir(config.output_dir)), RunDir(config.output_dir)
-
-    report, _ = prepared()
+    report = prepare_logged(tmp_path, caplog, rows)
     assert report["similar_labels"] == [{"labels": ["Migrane", "Migraine"], "rows": [1, 12]}]
     assert any("Migrane" in report["labels"][split] for split in ("pool", "test"))
     assert "1 label looks like a typo of another: 'Migrane' (1 rows) ~ 'Migraine' (12 rows)" in caplog.text
     assert "data.label_map, e.g. {'Migrane': 'Migraine'}" in caplog.text
     caplog.clear()
-    report, run_dir = prepared(label_map={"Migrane": "Migraine"})
+    report = prepare_logged(tmp_path, caplog, rows, data={"label_map": {"Migrane": "Migraine"}})
     assert report["similar_labels"] == [] and "typo" not in caplog.text
     assert not any("Migrane" in report["labels"][split] for split in ("pool", "test"))
 
@@ -284,14 +279,7 @@ def test_labels_equal_once_normalised_name_the_label_map_that_merges_them(tmp_pa
 
 
 def test_a_sample_the_floors_push_over_its_budget_and_labels_below_the_floor_are_reported(tmp_path, caplog):
-    from tunelab.pipeline import prepare
-
-    rows = make_label_rows(per_label=12)
-    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)), "input_column": "text",
-                                 "label_column": "label"}, prepare={"sample": 2, "min_per_label": 20},
-                           output_dir=str(tmp_path / "run"))
-    with caplog.at_level("WARNING", logger="tunelab"):
-        report = prepare(config, RunDir(config.output_dir))
+    report = prepare_logged(tmp_path, caplog, make_label_rows(per_label=12), sample=2, min_per_label=20)
     sample = report["sample"]
     assert sample["requested"] == 2 and sample["size"] > 2
     assert sample["labels_below_floor"] == ["Eczema", "Flu", "Migraine"]

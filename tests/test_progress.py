@@ -22,3 +22,15 @@ def test_progress_lines_are_spaced_by_the_interval(caplog):
         for _ in range(99):
             progress.advance(task)
     assert not [r for r in caplog.records if r.name == "tunelab.progress"]  # an hour has not passed
+
+
+def test_a_bar_started_inside_another_is_a_row_of_the_one_live_display():
+    with progress_bar() as outer:
+        outer.add_task("search", total=2)
+        with progress_bar() as inner:
+            task = inner.add_task("generating (validation)", total=3)
+            inner.advance(task, 3)
+            assert [t.description for t in outer.tasks] == ["search", "generating (validation)"]
+        assert [t.description for t in outer.tasks] == ["search"]
+    with progress_bar() as alone:  # nothing runs any more: a display of its own
+        assert alone is not outer and not alone.tasks

@@ -247,8 +247,7 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
         trained.output_dir = config.output_dir
         hashes = stage_hashes(config, trained)
     else:
-        record.mark("search", hashes["search"], "skipped")
-        outputs["skipped"].append("search")
+        record.mark("search", hashes["search"], "skipped")  # not configured: nothing to report as done before
         trained = config
     # Evaluation and publishing use this run's own settings for those stages on the trained model.
     final = trained.model_copy(update={"evaluate": config.evaluate, "publish": config.publish})

@@ -58,7 +58,52 @@ class LoggedProgress(Progress):
                  int(task.total) if task.total else "?", share, task.elapsed or 0.0, eta)
 
 
-def progress_bar(log_every: float = LOG_EVERY_SECONDS) -> Progress:
+    def start(self) -> None:
+        super().start()
+        _running.append(self)
+
+    def stop(self) -> None:
+        if self in _running:
+            _running.remove(self)
+        super().stop()
+
+
+_running: list[LoggedProgress] = []  # a terminal shows one live display: later bars become its rows
+
+
+class NestedProgress:
+    """Progress started while another one runs (a trial's scoring inside the search display): its
+    tasks are rows of the running display, removed when it ends, instead of a second live display."""
+
+    def __init__(self, outer: LoggedProgress):
+        self.outer, self.tasks_added = outer, []
+
+    def __enter__(self) -> NestedProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for task in self.tasks_added:
+            self.outer.remove_task(task)
+
+    def start(self) -> None:
+        """Already shown by the running display."""
+
+    def stop(self) -> None:
+        self.__exit__()
+        self.tasks_added = []
+
+    def add_task(self, description: str, **kwargs) -> TaskID:
+        task = self.outer.add_task(description, **kwargs)
+        self.tasks_added.append(task)
+        return task
+
+    def __getattr__(self, name: str):  # advance, update, tasks, console: the running display's
+        return getattr(self.outer, name)
+
+
+def progress_bar(log_every: float = LOG_EVERY_SECONDS) -> LoggedProgress | NestedProgress:
+    if _running:
+        return NestedProgress(_running[-1])
     return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
                           log_every=log_every)

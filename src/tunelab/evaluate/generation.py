@@ -71,13 +71,16 @@ def answer_loss(model, tokenizer, examples: list[dict[str, Any]], max_length: in
     """
     collate = BatchCollator(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        encoded = [encode_example(tokenizer, e, max_length) for e in examples[start:start + batch_size]]
-        batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
-        batch = {key: value.to(_device(model)) for key, value in batch.items()}
-        loss, tokens = answer_token_losses(model, batch)
-        total_loss += loss.item()
-        total_tokens += int(tokens)
+    with progress_bar() as progress:
+        task = progress.add_task("answer loss", total=len(examples))
+        for start in range(0, len(examples), batch_size):
+            encoded = [encode_example(tokenizer, e, max_length) for e in examples[start:start + batch_size]]
+            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+            batch = {key: value.to(_device(model)) for key, value in batch.items()}
+            loss, tokens = answer_token_losses(model, batch)
+            total_loss += loss.item()
+            total_tokens += int(tokens)
+            progress.advance(task, len(encoded))
     mean = total_loss / max(total_tokens, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "answer_tokens": total_tokens}
 
