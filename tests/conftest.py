@@ -129,3 +129,19 @@ def write_config(folder: Path, data: dict, model_dir: Path, **sections) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A run trained and evaluated by `tunelab train` on the tiny model: what publish and export read."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("trained")
+    csv_path = write_csv(folder / "symptoms.csv", make_label_rows(per_label=8))
+    config = write_config(folder, {"source": str(csv_path)}, tiny_model_dir, train={"max_steps": 4},
+                          publish={"verify_prompts": 2, "disclaimer": "Not a medical device and not medical advice."})
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "run"

@@ -22,10 +22,12 @@ ALLOWED = {
     # A search trial trains a model and scores it on validation rows.
     "search": STAGE_BASE | {"train.trainer", "train.callbacks", "evaluate.validation"},
     # Publishing asks the downloaded model the test prompts and prints the metrics table.
-    "publish": STAGE_BASE | {"evaluate.generation", "evaluate.constrain", "evaluate.scoring"},
+    "publish": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
+    # An export is checked the way a push is: the exported copy must give the evaluation's answers.
+    "export": STAGE_BASE | {"evaluate.replay"},
     "report": {"rundir", "data.prepare", "evaluate.scoring"},
     "demo": set(),
-    "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "report"},
+    "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "export", "report"},
     "cli": {"errors", "config", "rundir", "pipeline", "report", "demo", "data.prepare", "evaluate.scoring",
             "evaluate.ask", "evaluate.stage"},
     "__main__": {"cli"},

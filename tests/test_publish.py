@@ -14,23 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_label_rows, write_config, write_csv
 from hub_server import serve
 
 TOKEN = "hf_tunelabTestSecret0123456789abcdef"
 TUNELAB = [sys.executable, "-m", "tunelab"]
 BASE_ID = ["--set", "model.hub_id=alice/tiny-base"]  # the tests' base is a local directory
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
-    folder = tmp_path_factory.mktemp("publish")
-    csv = write_csv(folder / "symptoms.csv", make_label_rows(per_label=8))
-    config = write_config(folder, {"source": str(csv)}, tiny_model_dir, train={"max_steps": 4},
-                          publish={"verify_prompts": 2, "disclaimer": "Not a medical device and not medical advice."})
-    done = subprocess.run([*TUNELAB, "train", str(config)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "run"
 
 
 @pytest.fixture

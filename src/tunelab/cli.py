@@ -103,6 +103,35 @@ def run(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="merged: full weights for transformers, checked "
+                                         "against eval/predictions.jsonl; vllm: adapter or weights and serve.sh "
+                                         "for `vllm serve` on a GPU.")] = "merged",
+    set_: SetOption = None,
+):
+    """Export the tuned model for an inference engine into RUN_DIR/export/FORMAT/.
+
+    `merged` folds a LoRA adapter into full fp32 weights with the run's tokenizer and chat template,
+    then loads the folder with plain transformers and asks it the evaluation's first test prompts:
+    the answers must be those of eval/predictions.jsonl. `vllm` writes the adapter (served on the
+    base by its Hub id; `--set model.hub_id=OWNER/NAME` for a local base, else full weights), a
+    serve.sh for `vllm serve`, labels.json for answers restricted to the labels, and a README.
+    Each folder holds an export.json saying what it is and how it was checked.
+    """
+    from tunelab.pipeline import export_run
+
+    try:
+        result = export_run(run_dir, format_, set_ or [])
+    except TunelabError as error:
+        _fail(error)
+    checked = result["verified"]
+    how = (f"{checked['prompts']} test prompts answered as in eval/predictions.jsonl ({checked['engine']})"
+           if checked else result["note"])
+    console.print(f"{result['format']} export: {result['folder']}; {how}", soft_wrap=True)
+
+
+@app.command()
 def publish(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
     repo_id: Annotated[str | None, typer.Option(help="OWNER/NAME on the Hub (HF_ENDPOINT for another server).")] = None,

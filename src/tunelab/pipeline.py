@@ -176,6 +176,13 @@ def compare_decodings(run_dir: Path, data_file: str | None, overrides: list[str]
     return table
 
 
+def export_run(run_dir: Path, fmt: str, overrides: list[str]) -> dict[str, Any]:
+    """`tunelab export`: the tuned model for an inference engine, in RUN_DIR/export/FORMAT/."""
+    from tunelab.export import export
+
+    return export(config_from_run_dir(run_dir, overrides), RunDir(run_dir), fmt)
+
+
 def publish_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """`tunelab publish`: card and upload folder, then push and verify."""
     return publish(config_from_run_dir(run_dir, overrides), RunDir(run_dir))

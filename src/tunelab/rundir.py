@@ -55,6 +55,9 @@ class RunDir:
     def search(self) -> Path:
         return self.root / "search"
 
+    def export(self, fmt: str) -> Path:
+        return self.root / "export" / fmt
+
     def split(self, name: str) -> Path:
         return self.data / f"{name}.jsonl"
 
@@ -63,6 +66,11 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def make_executable(path: Path) -> None:
+    """Executable as a script a user writes is (0755 under umask 022)."""
+    path.chmod(0o777 & ~_current_umask())
 
 
 def permissions_of_a_normal_write(path: Path) -> None:

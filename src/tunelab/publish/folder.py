@@ -1,7 +1,7 @@
 """What gets uploaded: weights (adapter, or merged full weights), tokenizer, card, metrics, plots.
 
-Safetensors only: never training_args.bin, optimizer or RNG state. The folder is built in the run
-directory (publish/), so a dry run shows exactly what a push would upload.
+The folder is built in the run directory (publish/), so a dry run shows exactly what a push would
+upload.
 """
 
 from __future__ import annotations
@@ -11,33 +11,16 @@ import shutil
 from pathlib import Path
 
 from tunelab.config import TunelabConfig
+from tunelab.model.files import MODEL_FILES, copy_present, save_merged
 from tunelab.model.source import base_model_name
 from tunelab.publish.card import model_card
 from tunelab.rundir import RunDir, staged_directory
-
-MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
-               "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
-TOKENIZER_FILES = MODEL_FILES[5:]
-
-
-def _copy_present(names, source: Path, target: Path) -> None:
-    for name in names:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
 
 
 def _pictures(run_dir: RunDir) -> list[Path]:
     candidates = [run_dir.model / "loss.png", *sorted(run_dir.eval.glob("confusion_*.png")),
                   run_dir.data / "clusters.png", run_dir.search / "metric_vs_lr.png"]
     return [path for path in candidates if path.is_file()]
-
-
-def _merged_weights(config: TunelabConfig, run_dir: RunDir, folder: Path) -> None:
-    from tunelab.model.adapters import merged_model
-
-    merged_model(config.model, run_dir.model).save_pretrained(folder, safe_serialization=True)
-    _copy_present(TOKENIZER_FILES, run_dir.model, folder)
 
 
 def _point_adapter_at_base(config: TunelabConfig, folder: Path) -> None:
@@ -55,11 +38,11 @@ def build_folder(config: TunelabConfig, run_dir: RunDir, repo_id: str, merged: b
     target = run_dir.root / "publish"
     with staged_directory(target) as folder:
         if merged and config.train.method != "full":
-            _merged_weights(config, run_dir, folder)
+            save_merged(config.model, run_dir.model, folder)
         else:
-            _copy_present(MODEL_FILES, run_dir.model, folder)
+            copy_present(MODEL_FILES, run_dir.model, folder)
             _point_adapter_at_base(config, folder)
-        _copy_present(["metrics.json"], run_dir.eval, folder)
+        copy_present(["metrics.json"], run_dir.eval, folder)
         pictures = _pictures(run_dir)
         for picture in pictures:
             shutil.copy2(picture, folder / picture.name)

@@ -1,0 +1,34 @@
+"""Export stage: the tuned model in the form an inference engine loads, checked where it can run here.
+
+`merged`: the adapter folded into full weights with the run's tokenizer and chat template, loadable
+with plain `AutoModelForCausalLM`; verified by asking it the evaluation's first test prompts, which
+must get exactly the answers of eval/predictions.jsonl. `vllm`: the adapter (or merged weights) and
+a launch script for `vllm serve` on a GPU machine; written and documented, not run here.
+Each export lands in RUN_DIR/export/FORMAT/ with an export.json saying what it is and how it was
+checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.config import TunelabConfig
+from tunelab.errors import TunelabError
+from tunelab.rundir import RunDir
+
+FORMATS = ("merged", "vllm")
+
+
+def export(config: TunelabConfig, run_dir: RunDir, fmt: str) -> dict[str, Any]:
+    """Write RUN_DIR/export/FMT/ and return its export.json."""
+    if fmt not in FORMATS:
+        raise TunelabError(f"--format {fmt}: not an export format (formats: {', '.join(FORMATS)})")
+    if not (run_dir.model / "config.json").is_file() and not (run_dir.model / "adapter_config.json").is_file():
+        raise TunelabError(f"{run_dir.root}: no trained model in model/ (run `tunelab train` first)")
+    if fmt == "merged":
+        from tunelab.export.merged import export_merged
+
+        return export_merged(config, run_dir)
+    from tunelab.export.vllm import export_vllm
+
+    return export_vllm(config, run_dir)
