@@ -25,9 +25,11 @@ ALLOWED = {
     "publish": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
     # An export is checked the way a push is: the exported copy must give the evaluation's answers.
     "export": STAGE_BASE | {"evaluate.replay"},
+    # The server answers as the evaluation does: its generation and label constraint.
+    "serve": STAGE_BASE | {"evaluate.generation"},
     "report": {"rundir", "data.prepare", "evaluate.scoring"},
     "demo": set(),
-    "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "export", "report"},
+    "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "export", "serve", "report"},
     "cli": {"errors", "config", "rundir", "pipeline", "report", "demo", "data.prepare", "evaluate.scoring",
             "evaluate.ask", "evaluate.stage"},
     "__main__": {"cli"},

@@ -132,6 +132,36 @@ def export(
 
 
 @app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained model.")],
+    host: Annotated[str | None, typer.Option(help="Address to bind (serve.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (serve.port, 8000; AIP_HTTP_PORT wins).")] = None,
+    set_: SetOption = None,
+):
+    """Serve the tuned model over HTTP: OpenAI-compatible and Vertex AI-ready.
+
+    Routes: `POST /v1/chat/completions` (with `stream: true`), `GET /v1/models`, `GET /health`, and
+    Vertex AI's `POST /predict` (`{"instances": [{"messages": [...]}], "parameters": {"max_tokens": N}}`;
+    AIP_HTTP_PORT, AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE move port and routes). The model name is the
+    run directory's name. Label tasks answer with one of the labels, as in the evaluation. One request
+    is generated at a time; beyond `serve.max_waiting` waiting requests the answer is 503, and every
+    bad request (bad JSON, unknown model, prompt over the context, max_tokens over serve.max_tokens)
+    gets a 4xx JSON error while the server keeps serving.
+    """
+    import uvicorn
+
+    from tunelab.pipeline import serve_app
+
+    overrides = [*(set_ or []), *([f"serve.host={host}"] if host else []), *([f"serve.port={port}"] if port else [])]
+    try:
+        app_, settings = serve_app(run_dir, overrides)
+    except TunelabError as error:
+        _fail(error)
+    uvicorn.run(app_, host=settings.host, port=int(os.environ.get("AIP_HTTP_PORT", settings.port)),
+                log_level="warning")
+
+
+@app.command()
 def publish(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
     repo_id: Annotated[str | None, typer.Option(help="OWNER/NAME on the Hub (HF_ENDPOINT for another server).")] = None,

@@ -304,6 +304,15 @@ class PublishConfig(Section):
                                 "whole evaluation batches, so the answers must match exactly.")
 
 
+class ServeConfig(Section):
+    """`tunelab serve`: an OpenAI-compatible (and Vertex AI-ready) HTTP server for the tuned model."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 to accept other machines (a container).")
+    port: int = Field(8000, ge=0, lt=65536, description="Port; AIP_HTTP_PORT wins when set (Vertex AI).")
+    max_waiting: int = Field(32, ge=0, description="Requests that may wait for the model; more get HTTP 503.")
+    max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for.")
+
+
 class TunelabConfig(Section):
     data: DataConfig
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
@@ -312,6 +321,7 @@ class TunelabConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     output_dir: str = Field("runs/default", description="The run directory.")
     seed: int = Field(42, ge=0, lt=2**32, description="Split, sampling and training seed (0 to 2**32 - 1).")
 

@@ -183,6 +183,15 @@ def export_run(run_dir: Path, fmt: str, overrides: list[str]) -> dict[str, Any]:
     return export(config_from_run_dir(run_dir, overrides), RunDir(run_dir), fmt)
 
 
+def serve_app(run_dir: Path, overrides: list[str]):
+    """The HTTP app for a run's tuned model, and the settings to serve it with."""
+    from tunelab.serve.app import create_app
+    from tunelab.serve.engine import TransformersEngine
+
+    config = config_from_run_dir(run_dir, overrides)
+    return create_app(TransformersEngine(config, RunDir(run_dir)), Path(run_dir).resolve().name), config.serve
+
+
 def publish_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """`tunelab publish`: card and upload folder, then push and verify."""
     return publish(config_from_run_dir(run_dir, overrides), RunDir(run_dir))

@@ -101,6 +101,16 @@ class NestedProgress:
         return getattr(self.outer, name)
 
 
+class SilentProgress:
+    """The progress interface, showing nothing: for work too small to report (one served request)."""
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+
 def progress_bar(log_every: float = LOG_EVERY_SECONDS) -> LoggedProgress | NestedProgress:
     if _running:
         return NestedProgress(_running[-1])

@@ -19,7 +19,7 @@ from tunelab.data.chat import answer_budget, encode_example, render_prompt
 from tunelab.data.examples import prompt_messages
 from tunelab.evaluate.constrain import LabelTrie
 from tunelab.model.batching import BatchCollator, answer_token_losses
-from tunelab.progress import progress_bar
+from tunelab.progress import SilentProgress, progress_bar
 
 
 def _device(model) -> torch.device:
@@ -29,11 +29,12 @@ def _device(model) -> torch.device:
 @torch.no_grad()
 def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_tokens: int | None,
                      batch_size: int, label: str, decoding: DecodingConfig | None = None,
-                     constraint: LabelTrie | None = None) -> list[str]:
+                     constraint: LabelTrie | None = None, streamer=None, progress: bool = True) -> list[str]:
     """Generations for each example's prompt (greedy unless `decoding` says otherwise), left-padded batches.
 
     `max_new_tokens` None: the budget that fits the model (`answer_budget`). With a `constraint`, every
-    answer is one of the labels (the budget then fits the longest one).
+    answer is one of the labels (the budget then fits the longest one). A transformers `streamer`
+    receives the tokens as they come (one example at a time); `progress` off for single requests.
     """
     decoding = decoding or DecodingConfig()
     max_new_tokens = answer_budget(tokenizer, max_new_tokens)
@@ -44,8 +45,8 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
     outputs: list[str] = []
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        with progress_bar() as progress:
-            task = progress.add_task(f"generating ({label})", total=len(examples))
+        with progress_bar() if progress else nullcontext(SilentProgress()) as shown:
+            task = shown.add_task(f"generating ({label})", total=len(examples))
             for start in range(0, len(examples), batch_size):
                 batch = examples[start:start + batch_size]
                 prompts = [render_prompt(tokenizer, prompt_messages(example)) for example in batch]
@@ -53,11 +54,11 @@ def generate_answers(model, tokenizer, examples: list[dict[str, Any]], max_new_t
                 inputs = inputs.to(_device(model))
                 processors = [constraint.for_prompts_of_length(inputs["input_ids"].shape[1])] if constraint else []
                 generated = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                           logits_processor=LogitsProcessorList(processors),
+                                           logits_processor=LogitsProcessorList(processors), streamer=streamer,
                                            **decoding.generate_kwargs())
                 new_tokens = generated[:, inputs["input_ids"].shape[1]:]
                 outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                progress.advance(task, len(batch))
+                shown.advance(task, len(batch))
     finally:
         tokenizer.padding_side = padding_side
     return outputs

@@ -1,0 +1,158 @@
+"""`tunelab serve`: the real openai client against the server on 127.0.0.1, plain and streaming,
+Vertex AI's contract, 20+ concurrent requests, bad requests answered with 4xx, and overload with 503."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx2 as httpx
+import pytest
+import uvicorn
+
+from tunelab.pipeline import serve_app
+
+
+@contextmanager
+def running(run_dir, *overrides, environ=None):
+    """The app served by uvicorn in a thread on a free 127.0.0.1 port; stopped on exit."""
+    saved = dict(os.environ)
+    os.environ.update(environ or {})
+    try:
+        app, _ = serve_app(run_dir, list(overrides))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(trained_run):
+    with running(trained_run) as url:
+        yield url
+
+
+def labels_of(run_dir):
+    return {json.loads(line)["label"] for line in (run_dir / "data" / "train.jsonl").read_text().splitlines()}
+
+
+def test_the_openai_client_gets_a_label_plain_and_streamed(served, trained_run):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served}/v1", api_key="unused", max_retries=0)
+    assert [model.id for model in client.models.list()] == ["run"]
+    messages = [{"role": "user", "content": "I have had fever, chills and body aches for 3 days."}]
+    answer = client.chat.completions.create(model="run", messages=messages, max_tokens=16)
+    text = answer.choices[0].message.content
+    assert text in labels_of(trained_run) and answer.choices[0].finish_reason == "stop"
+    pieces = [chunk.choices[0].delta.content or "" for chunk in
+              client.chat.completions.create(model="run", messages=messages, max_tokens=16, stream=True)]
+    assert "".join(pieces).strip() == text and len(pieces) >= 2
+
+
+def test_twenty_four_concurrent_requests_are_all_answered(served, trained_run):
+    def ask(number: int) -> tuple[int, str]:
+        response = httpx.post(f"{served}/v1/chat/completions", timeout=120, json={
+            "model": "run", "messages": [{"role": "user", "content": f"Case {number}: itchy red patches."}]})
+        return response.status_code, response.json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(ask, range(24)))
+    assert {status for status, _ in results} == {200}
+    assert {text for _, text in results} <= labels_of(trained_run)
+
+
+BAD_REQUESTS = [
+    ("not JSON", {"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400,
+     "the body is not valid JSON"),
+    ("unknown model", {"json": {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}}, 404,
+     "model 'gpt-9' is not served here"),
+    ("no messages", {"json": {"model": "run", "messages": []}}, 400, "messages"),
+    ("unknown role", {"json": {"model": "run", "messages": [{"role": "wizard", "content": "hi"}]}}, 400, "role"),
+    ("last message not the user's", {"json": {"model": "run", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Flu"}]}}, 400, "must be the user's"),
+    ("max_tokens over the limit", {"json": {"model": "run", "max_tokens": 100000, "messages": [
+        {"role": "user", "content": "hi"}]}}, 400, "over this server's limit"),
+    ("max_tokens zero", {"json": {"model": "run", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}},
+     400, "max_tokens"),
+    ("prompt over the context", {"json": {"model": "run", "messages": [
+        {"role": "user", "content": "fever " * 5000}]}}, 400, "over the model's context"),
+    ("content not text", {"json": {"model": "run", "messages": [{"role": "user", "content": {"a": 1}}]}}, 400,
+     "content"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_a_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(served, case):
+    _, request, status, message = case
+    response = httpx.post(f"{served}/v1/chat/completions", timeout=60, **request)
+    assert response.status_code == status and message in response.json()["error"]["message"], response.text
+    assert httpx.get(f"{served}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_vertex_ai_routes_port_and_payload(trained_run):
+    routes = {"AIP_HEALTH_ROUTE": "/v1/endpoints/7/health", "AIP_PREDICT_ROUTE": "/v1/endpoints/7:predict"}
+    with running(trained_run, environ=routes) as url:
+        assert httpx.get(f"{url}/v1/endpoints/7/health", timeout=10).status_code == 200
+        response = httpx.post(f"{url}/v1/endpoints/7:predict", timeout=60, json={
+            "instances": [{"prompt": "Red itchy patches on my elbows."},
+                          {"messages": [{"role": "user", "content": "Throbbing headache and nausea."}]}],
+            "parameters": {"max_tokens": 16}})
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == 2 and {p["content"] for p in predictions} <= labels_of(trained_run)
+        bad = httpx.post(f"{url}/v1/endpoints/7:predict", timeout=10, json={"instances": [{"text": "?"}]})
+        assert bad.status_code == 400 and "give 'messages' (a chat) or 'prompt'" in bad.json()["error"]["message"]
+
+
+def test_requests_beyond_the_waiting_line_get_503_at_once(trained_run):
+    with running(trained_run, "serve.max_waiting=0") as url:
+        def ask(_):
+            return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "run", "messages": [{"role": "user", "content": "fever " * 300}], "max_tokens": 64})
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(pool.map(ask, range(6)))
+        statuses = [r.status_code for r in responses]
+        assert 200 in statuses and 503 in statuses, statuses
+        busy = next(r for r in responses if r.status_code == 503).json()["error"]
+        assert busy["type"] == "overloaded" and "serve.max_waiting=0" in busy["message"]
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_the_serve_command_binds_127_0_0_1_on_aip_http_port(trained_run):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(trained_run)],
+                               env={**os.environ, "AIP_HTTP_PORT": str(port)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["model"] == "run"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "tunelab serve did not answer in 120 s"
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
