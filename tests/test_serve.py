@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import httpx2 as httpx
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tunelab.pipeline import serve_app
 
@@ -156,3 +158,30 @@ def test_the_serve_command_binds_127_0_0_1_on_aip_http_port(trained_run):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**6) | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                     max_size=3), max_leaves=8)
+chat_like = st.fixed_dictionaries({}, optional={
+    "model": st.one_of(st.just("run"), json_values), "stream": json_values,
+    "max_tokens": st.one_of(st.integers(-5, 10**6), json_values),
+    "messages": st.one_of(json_values, st.lists(st.fixed_dictionaries({}, optional={
+        "role": st.one_of(st.sampled_from(["user", "system", "assistant"]), json_values),
+        "content": st.one_of(st.text(max_size=40), json_values)}), max_size=3))})
+
+
+@settings(max_examples=int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "0")) or 60, derandomize=True, deadline=None,
+          database=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(chat_like, json_values), route=st.sampled_from(["/v1/chat/completions", "/predict"]),
+       raw=st.one_of(st.none(), st.binary(max_size=40)))
+def test_fuzzed_requests_never_get_a_server_error(served, body, route, raw):
+    """Random JSON bodies (and raw bytes) on the POST routes: a 2xx or a 4xx JSON error, never a 5xx."""
+    if raw is not None:
+        response = httpx.post(f"{served}{route}", content=raw, timeout=60, headers={"Content-Type": "application/json"})
+    else:
+        response = httpx.post(f"{served}{route}", json=body, timeout=60)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert "error" in response.json() or "detail" in response.json()
+    assert httpx.get(f"{served}/health", timeout=10).status_code == 200
