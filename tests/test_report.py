@@ -38,3 +38,19 @@ def test_report_renders_every_section_in_headless_chromium(tmp_path, tiny_model_
         assert heading in dom
     evaluation = dom.split('<section id="evaluation"')[1]
     assert "<th>baseline</th>" in evaluation and "logistic regression baseline" in evaluation
+
+
+def test_a_150_label_confusion_matrix_shows_the_most_confused_labels_at_a_readable_size(tmp_path):
+    from PIL import Image
+
+    from tunelab.plots import MATRIX_LABELS, most_confused, plot_confusion
+
+    labels = [f"intent_{i:03d}" for i in range(150)]
+    gold = [label for label in labels for _ in range(4)]
+    predicted = [label if i % 4 else labels[(labels.index(label) + 1) % 150] for i, label in enumerate(gold)]
+    predicted[:8] = ["intent_149"] * 8  # one label collects many wrong answers
+    plot_confusion(gold, predicted, labels, tmp_path / "confusion.png", "tuned model")
+    width, height = Image.open(tmp_path / "confusion.png").size
+    assert width < 2000 and height < 2000  # 150 labels at 0.35 inch each would be over 5,000 pixels
+    shown = most_confused(gold, predicted, MATRIX_LABELS)
+    assert len(shown) == MATRIX_LABELS and "intent_149" in shown

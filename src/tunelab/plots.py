@@ -5,7 +5,7 @@ and evaluation (confusion, reliability). Callers pass plain numbers; nothing her
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,35 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     save_figure(figure, path)
 
 
+MATRIX_LABELS = 30  # beyond this many labels the matrix shows the most confused ones (readable at 150)
+
+
+def most_confused(gold: list[str], predicted: list[str | None], count: int) -> list[str]:
+    """The `count` labels in the most errors, as the gold label or as the wrong answer."""
+    errors: Counter = Counter()
+    for truth, answer in zip(gold, predicted, strict=True):
+        if truth != answer:
+            errors[truth] += 1
+            if answer is not None:
+                errors[answer] += 1
+    return sorted(label for label, _ in errors.most_common(count))
+
+
 def plot_confusion(gold: list[str], predicted: list[str | None], labels: list[str], path: Path,
                    title: str) -> None:
+    """Gold against predicted labels; with more than MATRIX_LABELS labels, only the most confused
+    ones, every other answer counted in an "(other)" column."""
     from sklearn.metrics import confusion_matrix
 
     unknown = "(no label)"
-    columns = labels + ([unknown] if any(p is None for p in predicted) else [])
+    if len(labels) > MATRIX_LABELS:
+        shown = most_confused(gold, predicted, MATRIX_LABELS) or labels[:MATRIX_LABELS]
+        title = f"{title}\nthe {len(shown)} most confused of {len(labels)} labels"
+        kept = [i for i, truth in enumerate(gold) if truth in shown]
+        gold = [gold[i] for i in kept]
+        predicted = [predicted[i] if predicted[i] in shown else "(other)" for i in kept]
+        labels, unknown = shown, "(other)"
+    columns = labels + ([unknown] if any(p is None or p == unknown for p in predicted) else [])
     matrix = confusion_matrix(gold, [p or unknown for p in predicted], labels=columns)[: len(labels)]
     size = max(5.0, 0.35 * len(columns) + 2)
     figure, axis = plt.subplots(figsize=(size, size * len(labels) / len(columns) + 0.8))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,16 @@ def _evaluation(run: RunDir, examples: int) -> str:
     figures.append(_image(run.eval / "reliability.png", "reliability of the label probabilities"))
     body += f'<div class="figures">{"".join(figures)}</div>'
     predictions_path = run.eval / "predictions.jsonl"
-    predictions = read_jsonl(predictions_path)[:examples] if predictions_path.is_file() else []
+    predictions = read_jsonl(predictions_path) if predictions_path.is_file() else []
+    confusions = Counter((p["gold"], p["tuned_answer"]) for p in predictions
+                         if p.get("tuned_answer") is not None and p["tuned_answer"] != p["gold"])
+    if confusions:
+        body += ("<h3>Most frequent confusions of the tuned model</h3>"
+                 + _table(["gold", "answered", "rows"], [[g, a, n] for (g, a), n in confusions.most_common(15)]))
     if predictions:
         columns = ["input", "gold", *[f"{n}_answer" for n in names]]
-        body += "<h3>Example predictions</h3>" + _table(columns, [[p.get(c) for c in columns] for p in predictions])
+        body += "<h3>Example predictions</h3>" + _table(
+            columns, [[p.get(c) for c in columns] for p in predictions[:examples]])
     return _section("evaluation", "Evaluation on the test split", body)
 
 
