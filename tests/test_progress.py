@@ -34,3 +34,14 @@ def test_a_bar_started_inside_another_is_a_row_of_the_one_live_display():
         assert [t.description for t in outer.tasks] == ["search"]
     with progress_bar() as alone:  # nothing runs any more: a display of its own
         assert alone is not outer and not alone.tasks
+
+
+def test_a_short_row_inside_another_display_logs_no_end_line(caplog):
+    with caplog.at_level(logging.INFO, logger="tunelab"), progress_bar(log_every=3600) as outer:
+        task = outer.add_task("search", total=1)
+        with progress_bar() as inner:
+            row = inner.add_task("answer loss", total=2)
+            inner.advance(row, 2)
+        outer.advance(task)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tunelab.progress"]
+    assert lines == ["search: 1/1 (100%), 0 s elapsed"]

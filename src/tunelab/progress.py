@@ -34,6 +34,7 @@ class LoggedProgress(Progress):
         self.log_every = log_every
         self._logged_at: dict[TaskID, float] = {}
         self._finished_logged: set[TaskID] = set()
+        self.brief_rows: set[TaskID] = set()
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
         super().advance(task_id, advance)
@@ -47,6 +48,8 @@ class LoggedProgress(Progress):
         last = self._logged_at.setdefault(task_id, now)
         if task.finished and task_id in self._finished_logged:
             return
+        if task.finished and task_id in self.brief_rows and (task.elapsed or 0.0) < self.log_every:
+            return  # a short row of another display (a trial's scoring): its end is no news
         if now - last < self.log_every and not task.finished:
             return
         if task.finished:
@@ -95,6 +98,7 @@ class NestedProgress:
     def add_task(self, description: str, **kwargs) -> TaskID:
         task = self.outer.add_task(description, **kwargs)
         self.tasks_added.append(task)
+        self.outer.brief_rows.add(task)
         return task
 
     def __getattr__(self, name: str):  # advance, update, tasks, console: the running display's
