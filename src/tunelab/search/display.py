@@ -46,7 +46,7 @@ class SearchDisplay(TrainerCallback):
         self._move_to((self.started - 1) * UNITS_PER_TRIAL)
 
     def on_step_end(self, args, state, control, **kwargs):
-        share = state.global_step / max(state.max_steps, 1)
+        share = min(state.global_step / max(state.max_steps, 1), 0.99)  # the trial ends after its scoring
         self._move_to((self.started - 1 + share) * UNITS_PER_TRIAL)
 
     def end_trial(self, study: optuna.Study, number: int, outcome: str, value: float | None = None) -> None:
