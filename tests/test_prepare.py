@@ -286,3 +286,21 @@ def test_a_sample_the_floors_push_over_its_budget_and_labels_below_the_floor_are
     extra = sample["size"] - 2
     assert f"the training sample holds {sample['size']} rows, {extra} more than prepare.sample" in caplog.text
     assert "3 labels have fewer than prepare.min_per_label=20 rows in the pool (all taken): Eczema, Flu" in caplog.text
+
+
+def test_a_validation_file_is_the_validation_split_and_its_rows_leave_training(tmp_path):
+    rows = make_label_rows(per_label=14)
+    validation = [dict(row) for row in rows[:6]]  # also in the training file: they must leave training
+    config = TunelabConfig(data={"source": str(write_csv(tmp_path / "d.csv", rows)),
+                                 "validation_file": str(write_csv(tmp_path / "v.csv", validation)),
+                                 "input_column": "text", "label_column": "label", "validation_size": 0.5},
+                           prepare={"dedup_threshold": None}, output_dir=str(tmp_path / "run"))
+    prepared = build_splits(config)
+    assert [e["messages"][-2]["content"] for e in prepared.splits["validation"]] == [r["text"] for r in validation]
+    trained = {e["messages"][-2]["content"] for e in prepared.splits["train"] + prepared.splits["test"]}
+    assert not trained & {r["text"] for r in validation}
+    assert len(prepared.splits["train"]) + len(prepared.splits["test"]) == len(rows) - 6
+    unseen = config.model_copy(update={"data": config.data.model_copy(update={
+        "validation_file": str(write_csv(tmp_path / "u.csv", [{"text": "My toe is swollen.", "label": "Gout"}]))})})
+    with pytest.raises(TunelabError, match="u.csv: 1 validation label never appears in training: 'Gout'"):
+        build_splits(unseen)

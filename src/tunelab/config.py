@@ -49,6 +49,8 @@ class DataConfig(Section):
     source: str = Field(description="CSV, JSONL, JSON or Parquet file, or a Hugging Face dataset id.")
     hub_split: str = Field("train", description="Split to read when `source` is a Hub dataset id.")
     test_file: str | None = Field(None, description="Own test file with the same columns; else split.")
+    validation_file: str | None = Field(None, description="Own validation file (the search scores on it) with the "
+                                        "same columns; else split off by validation_size.")
     input_column: str | None = Field(None, description="User text column (label or free-text tasks).")
     label_column: str | None = Field(None, description="Class label column: a classification task.")
     completion_column: str | None = Field(None, description="Free-text answer column.")
@@ -71,7 +73,8 @@ class DataConfig(Section):
             raise ValueError("set input_column (with label_column or completion_column) or messages_column")
         if bool(self.label_column) == bool(self.completion_column):
             raise ValueError("set exactly one of label_column and completion_column")
-        if not self.test_file and self.test_size + self.validation_size >= 1:
+        held_out = (0 if self.test_file else self.test_size) + (0 if self.validation_file else self.validation_size)
+        if held_out >= 1:
             raise ValueError(f"data.test_size + data.validation_size = {self.test_size + self.validation_size:g} "
                              "leaves no rows to train on (keep the sum below 1)")
         return self
@@ -417,7 +420,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Tunelab
 
 def _resolve_relative_paths(config: TunelabConfig, base: Path) -> TunelabConfig:
     """Data and model paths in a config are relative to the config file, like in most tools."""
-    for section, key in (("data", "source"), ("data", "test_file"), ("model", "name_or_path")):
+    for section, key in (("data", "source"), ("data", "test_file"), ("data", "validation_file"),
+                         ("model", "name_or_path")):
         owner = getattr(config, section)
         value = getattr(owner, key)
         if value and not Path(value).is_absolute() and (base / value).exists():

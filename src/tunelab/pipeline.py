@@ -106,8 +106,9 @@ def check_search_settings(config: TunelabConfig) -> None:
     from tunelab.search.space import validate_space
 
     validate_space(config)
-    if not config.data.validation_size:
-        raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1)")
+    if not config.data.validation_size and not config.data.validation_file:
+        raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1) or "
+                           "data.validation_file")
 
 
 def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:

@@ -47,7 +47,7 @@ class Prepared:
 
 def input_hash(config: TunelabConfig) -> str:
     """What the prepared files depend on: data and prepare settings, seed, and the data files."""
-    files = [config.data.source, config.data.test_file]
+    files = [config.data.source, config.data.test_file, config.data.validation_file]
     stamps = [(f, _content_digest(Path(f))) for f in files if f and Path(f).is_file()]
     payload = [config.data.model_dump(), config.prepare.model_dump(), config.seed, stamps]
     if config.prepare.vectorizer == "base-model":
@@ -69,15 +69,17 @@ def is_prepared(config: TunelabConfig, run_dir: RunDir) -> bool:
     return report.is_file() and json.loads(report.read_text()).get("input_hash") == input_hash(config)
 
 
-def _load(config: TunelabConfig) -> tuple[list[dict], list[dict] | None]:
+def _load(config: TunelabConfig) -> tuple[list[dict], list[dict] | None, list[dict] | None]:
+    """The training rows, and the test and validation files' rows when the config names them."""
     data = config.data
     examples = rows_to_examples(load_rows(data.source, data.hub_split), data, data.source)
-    if not data.test_file:
-        return examples, None
-    test = rows_to_examples(load_rows(data.test_file), data, data.test_file)
-    for example in test:
-        example["id"] = f"test:{example['id']}"
-    return examples, test
+    given = []
+    for split, path in (("test", data.test_file), ("validation", data.validation_file)):
+        rows = rows_to_examples(load_rows(path), data, path) if path else None
+        for example in rows or []:
+            example["id"] = f"{split}:{example['id']}"
+        given.append(rows)
+    return examples, *given
 
 
 def _drop_near_duplicates(rows: list[dict], vectors: np.ndarray, reserved: int,
@@ -117,23 +119,28 @@ def _drop_near_duplicates(rows: list[dict], vectors: np.ndarray, reserved: int,
 def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepared:
     """Read and validate all data, then de-duplicate, split, cluster and sample; nothing is written."""
     data, prepare = config.data, config.prepare
-    examples, given_test = _load(config)
-    check_distinct_labels((e["label"] for e in examples + (given_test or []) if "label" in e),
-                          " + ".join(f for f in (data.source, data.test_file) if f))
-    label_rows = Counter(e["label"] for e in examples + (given_test or []) if "label" in e)
+    examples, given_test, given_validation = _load(config)
+    given = (given_test or []) + (given_validation or [])
+    check_distinct_labels((e["label"] for e in examples + given if "label" in e),
+                          " + ".join(f for f in (data.source, data.test_file, data.validation_file) if f))
+    label_rows = Counter(e["label"] for e in examples + given if "label" in e)
     counts = {"rows_read": len(examples)}
+    # Given test and validation rows stay whole; training rows equal (or near) to one of them leave.
     test_rows, exact = drop_exact_duplicates(given_test) if given_test else ([], [])
-    pool, more_exact = drop_exact_duplicates(examples, reserved=test_rows)
-    duplicates = [{"kind": "exact", "removed": True, **record} for record in exact + more_exact]
+    validation_rows, exact_validation = (drop_exact_duplicates(given_validation, reserved=test_rows)
+                                         if given_validation else ([], []))
+    reserved = test_rows + validation_rows
+    pool, more_exact = drop_exact_duplicates(examples, reserved=reserved)
+    duplicates = [{"kind": "exact", "removed": True, **record} for record in exact + exact_validation + more_exact]
     counts["after_exact_dedup"] = len(pool)
-    combined = test_rows + pool
+    combined = reserved + pool
     vectors = vectorize([user_text(e) for e in combined], config, cache_dir)
     near_summary = None
     if prepare.dedup_threshold is not None and len(combined) > 1:
-        kept, near, near_summary = _drop_near_duplicates(combined, vectors, len(test_rows), config)
+        kept, near, near_summary = _drop_near_duplicates(combined, vectors, len(reserved), config)
         duplicates += near
         combined, vectors = [combined[i] for i in kept], vectors[kept]
-    pool, pool_vectors = combined[len(test_rows):], vectors[len(test_rows):]
+    pool, pool_vectors = combined[len(reserved):], vectors[len(reserved):]
     counts["after_near_dedup"] = len(pool)
     if len(pool) < 2:
         raise TunelabError(f"{data.source}: only {len(pool)} distinct row(s) left after de-duplication")
@@ -143,9 +150,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
     if given_test is None:
         pool, test_rows = stratified_split(pool, data.test_size, config.seed)
         check_held_out("test", test_rows, data.test_size, distinct, data.source, near_removed)
-    holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
-    train_pool, validation = stratified_split(pool, holdout_share, config.seed)
-    check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
+    if given_validation is None:
+        holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
+        train_pool, validation = stratified_split(pool, holdout_share, config.seed)
+        check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
+    else:
+        train_pool, validation = pool, validation_rows
+        _check_test_labels(train_pool, validation, data.validation_file, "validation")
     _check_test_labels(train_pool, test_rows, data.test_file or data.source)
     counts["train_pool"] = len(train_pool)
 
@@ -214,14 +225,14 @@ def _sample(config: TunelabConfig, labels: list, clusters: np.ndarray, space: np
     return kmeans_sample(labels, clusters, space, budget, prepare.min_per_label, prepare.within_cluster, config.seed)
 
 
-def _check_test_labels(train: list[dict], test: list[dict], origin: str) -> None:
+def _check_test_labels(train: list[dict], test: list[dict], origin: str, split: str = "test") -> None:
     seen = {example.get("label") for example in train}
     unseen = sorted({e["label"] for e in test if "label" in e and e["label"] not in seen})
     if unseen:
         shown = ", ".join(f"'{label}'" for label in unseen[:SHOWN_LABELS])
         more = f" and {len(unseen) - SHOWN_LABELS} more" if len(unseen) > SHOWN_LABELS else ""
         plural = "s" if len(unseen) > 1 else ""
-        raise TunelabError(f"{origin}: {len(unseen)} test label{plural} never appear{'' if plural else 's'} in "
+        raise TunelabError(f"{origin}: {len(unseen)} {split} label{plural} never appear{'' if plural else 's'} in "
                            f"training: {shown}{more}")
 
 
