@@ -40,6 +40,12 @@ class LoggedProgress(Progress):
         super().advance(task_id, advance)
         self._log_now_and_then(task_id)
 
+    def update(self, task_id: TaskID, **changes) -> None:
+        """As rich's, and a count set with `completed=` is logged like an advance."""
+        super().update(task_id, **changes)
+        if "completed" in changes or "advance" in changes:
+            self._log_now_and_then(task_id)
+
     def _log_now_and_then(self, task_id: TaskID) -> None:
         if self.console.is_terminal:
             return

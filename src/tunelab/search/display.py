@@ -42,24 +42,23 @@ class SearchDisplay(TrainerCallback):
         self.started += 1
         settings = ", ".join(f"{key.removeprefix('train.')}={value}" for key, value in values.items())
         self.progress.update(self.task, description=f"search: trial {min(self.started, self.trials)} of "
-                                                    f"{self.trials} (#{number}: {settings})")
-        self._move_to((self.started - 1) * UNITS_PER_TRIAL)
+                                                    f"{self.trials} (#{number}: {settings})",
+                             completed=self._units(self.started - 1))
 
     def on_step_end(self, args, state, control, **kwargs):
         share = min(state.global_step / max(state.max_steps, 1), 0.99)  # the trial ends after its scoring
-        self._move_to((self.started - 1 + share) * UNITS_PER_TRIAL)
+        self.progress.update(self.task, completed=self._units(self.started - 1 + share))
 
     def end_trial(self, study: optuna.Study, number: int, outcome: str, value: float | None = None) -> None:
         """Log how trial `number` ended (its `value` when it finished), beside the best score so far, and
         count it done."""
-        self._move_to(self.started * UNITS_PER_TRIAL)
+        self.progress.update(self.task, completed=self._units(self.started))
         best = best_value(study, value)
         best_text = f"; best so far {best:.4f}" if best is not None else ""
         log.info("trial %d %s%s", number, outcome, best_text)
 
-    def _move_to(self, units: float) -> None:
-        done = next(task.completed for task in self.progress.tasks if task.id == self.task)
-        self.progress.advance(self.task, min(units, self.trials * UNITS_PER_TRIAL) - done)
+    def _units(self, trials_done: float) -> float:
+        return min(trials_done, self.trials) * UNITS_PER_TRIAL
 
 
 def best_value(study: optuna.Study, value: float | None = None) -> float | None:

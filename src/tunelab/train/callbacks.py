@@ -83,13 +83,8 @@ class TrainingProgress(TrainerCallback):
             self.progress.update(self.task, description=self.describe())
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step < state.max_steps:  # the last step is counted after its log record
-            self._advance_to(state.global_step)
-
-    def _advance_to(self, step: int) -> None:
-        if self.progress is not None:
-            done = next(task.completed for task in self.progress.tasks if task.id == self.task)
-            self.progress.advance(self.task, step - done)
+        if self.progress is not None and state.global_step < state.max_steps:  # the last step: after its log
+            self.progress.update(self.task, completed=state.global_step)
 
     def describe(self) -> str:
         parts = ["training"]
@@ -107,5 +102,6 @@ class TrainingProgress(TrainerCallback):
             self.progress = None
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._advance_to(state.global_step)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
         self.stop()
