@@ -18,17 +18,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "symptom2disease.csv"
 
-# The Qwen2.5 template's plain-chat part: a default system turn, <|im_start|>role ... <|im_end|>.
-QWEN_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and message['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
 CONDITIONS = {
     "Flu": ["fever", "chills", "body aches", "a sore throat", "a dry cough"],
     "Migraine": ["a throbbing headache", "nausea", "light sensitivity", "blurred vision", "dizziness"],
@@ -61,37 +50,15 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def build_tiny_model(folder: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from tunelab.demo.random_model import local_tokenizer, save_random_qwen2
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
     corpus = [row["text"] + " " + row["label"] for row in make_label_rows(40, seed=1)]
     corpus += ["system user assistant You are a helpful assistant. Name the diagnosis."] * 5
-    backend.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=specials[1:3],
-    )
-    tokenizer.chat_template = QWEN_TEMPLATE
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None, tie_word_embeddings=True,
+    return save_random_qwen2(
+        folder, local_tokenizer(corpus, vocab_size=600), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
         initializer_range=0.2,  # large enough that LoRA alone can make the tied LM head confident
     )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Packing and the answer-only LM head change the cost of a step, never what is learned."""
 
+import itertools
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from tunelab.model.batching import (
     _packed_rows,
     answer_only_loss,
     model_inputs,
+    packs_into_one_row,
 )
 from tunelab.rundir import RunDir, read_jsonl
 from tunelab.train.trainer import encode_split, run_training, store_frozen_linears_in_bf16
@@ -179,3 +181,50 @@ def test_training_learns_the_same_with_every_switch(tmp_path, tiny_model_dir):
         for name, value in weights.items():
             # Adam divides by the gradient's own scale, so 1e-7 noise in tiny gradients shows as ~1e-5.
             assert torch.allclose(value, reference_weights[name], atol=1e-4), name
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "flex_attention", "flash_attention_2",
+                                                 "flash_attention_3"])
+def test_packed_batches_are_read_as_separate_sequences_by_each_backend(features, tiny_tokenizer,
+                                                                       attn_implementation):
+    """transformers' own readers of position_ids find one sequence per example: FlashAttention's only in a
+    one-row batch (`_is_packed_sequence`), the mask builders' in any number of rows."""
+    from transformers.masking_utils import find_packed_sequence_indices
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    lengths = [len(f["input_ids"]) for f in features]
+    collate = BatchCollator(tiny_tokenizer.pad_token_id, 120, one_row=packs_into_one_row(attn_implementation))
+    batch = model_inputs(collate(features))
+    assert "attention_mask" not in batch
+    positions = batch["position_ids"]
+    if attn_implementation.startswith("flash"):
+        assert positions.shape[0] == 1 and _is_packed_sequence(positions, batch_size=1)
+        (cu_seq_lens, _), _ = prepare_fa_kwargs_from_position_ids(positions)
+        boundaries = cu_seq_lens.tolist()
+        assert boundaries[-1] == positions.shape[1] == sum(lengths)
+        assert sorted(b - a for a, b in itertools.pairwise(boundaries)) == sorted(lengths)
+    else:
+        assert positions.shape[0] > 1  # short rows: attention costs the square of a row's length
+        segments = find_packed_sequence_indices(positions)
+        real_tokens = collate(features)["attention_mask"].sum(1).tolist()
+        sizes = [size for row, n in enumerate(real_tokens)
+                 for size in torch.unique_consecutive(segments[row, :n], return_counts=True)[1].tolist()]
+        assert sorted(sizes) == sorted(lengths)
+        # and multi-row packing is exactly what FlashAttention would misread
+        assert not _is_packed_sequence(positions, batch_size=positions.shape[0])
+
+
+def test_one_row_packing_gives_per_example_logits_equal_to_padding(lora_model, features, tiny_tokenizer):
+    lengths = [len(f["input_ids"]) for f in features]
+    padded = BatchCollator(tiny_tokenizer.pad_token_id)(features)
+    one_row = BatchCollator(tiny_tokenizer.pad_token_id, 120, one_row=True)(features)
+    assert one_row["input_ids"].shape == (1, sum(lengths)) and bool(one_row["attention_mask"].all())
+    with torch.no_grad():
+        padded_logits = lora_model(**model_inputs(padded)).logits
+        packed_logits = lora_model(**model_inputs(one_row)).logits
+    offset = 0
+    for index, length in enumerate(lengths):
+        assert torch.allclose(packed_logits[0, offset:offset + length], padded_logits[index, :length], atol=1e-5)
+        offset += length
+    assert_same(loss_and_grads(lora_model, lambda: answer_only_loss(lora_model, padded)),
+                loss_and_grads(lora_model, lambda: answer_only_loss(lora_model, one_row)))

@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from conftest import write_config
-from tunelab.config import load_config
+from tunelab.config import TrainConfig, load_config
 from tunelab.data.chat import encode_example
 from tunelab.data.prepare import prepare_stage
+from tunelab.errors import TunelabError
 from tunelab.evaluate.generation import answer_loss
 from tunelab.model.load import load_tokenizer
 from tunelab.model.source import materialize
@@ -160,3 +161,62 @@ def test_token_counts_cover_every_epoch(tmp_path, label_csv, tiny_model_dir):
     assert summary["epochs"] == 2 and summary["supervised_tokens_per_epoch"] == answer_tokens
     assert summary["supervised_tokens_seen"] == 2 * answer_tokens
     assert summary["tokens_seen"] == 2 * sum(len(e.input_ids) for e in encoded)
+
+
+def _build(tmp_path, tiny_model_dir, method, dtype, **train):
+    from tunelab.train.trainer import build_model
+
+    config = load_config(write_config(tmp_path, {"source": "x.csv"}, tiny_model_dir,
+                                      model={"dtype": dtype}, train={"method": method, **train}))
+    return build_model(config, materialize(config.model))
+
+
+def test_each_method_trains_and_freezes_weights_in_the_documented_dtypes(tmp_path, tiny_model_dir, caplog):
+    """model.dtype=bfloat16 is what `auto` gives the frozen base on a bf16 GPU."""
+    lora = _build(tmp_path, tiny_model_dir, "lora", "bfloat16")
+    assert {p.dtype for p in lora.parameters() if p.requires_grad} == {torch.float32}  # adapters
+    frozen_linears = {m.base_layer.weight.dtype for n, m in lora.named_modules() if hasattr(m, "base_layer")}
+    assert frozen_linears == {torch.bfloat16}
+
+    qlora = _build(tmp_path, tiny_model_dir, "qlora", "bfloat16")
+    assert {p.dtype for p in qlora.parameters() if p.requires_grad} == {torch.float32}
+    four_bit = [m.base_layer for n, m in qlora.named_modules() if hasattr(m, "base_layer")]
+    assert four_bit and {type(m.weight).__name__ for m in four_bit} == {"Params4bit"}
+    assert {m.compute_dtype for m in four_bit} == {torch.bfloat16}  # matmuls in bf16 over NF4
+
+    full = _build(tmp_path, tiny_model_dir, "full", "auto")  # fp32 master weights
+    assert {p.dtype for p in full.parameters()} == {torch.float32} and all(p.requires_grad for p in full.parameters())
+    with caplog.at_level("WARNING"):
+        assert {p.dtype for p in _build(tmp_path, tiny_model_dir, "full", "bfloat16").parameters()} == {torch.bfloat16}
+    assert "without an fp32 master copy" in caplog.text
+    with pytest.raises(TunelabError, match="fp16 weights cannot be trained"):
+        _build(tmp_path, tiny_model_dir, "full", "float16")
+
+
+def test_auto_dtype_on_a_bf16_gpu_keeps_fp32_master_weights_only_for_full_fine_tuning(monkeypatch):
+    from tunelab.config import ModelConfig
+    from tunelab.model.load import pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    auto = ModelConfig(name_or_path="m")
+    assert pick_dtype(auto, trains_all_weights=True) == torch.float32
+    assert pick_dtype(auto) == torch.bfloat16  # frozen base (LoRA, QLoRA) and inference
+    assert mixed_precision(TrainConfig(), torch.float32) == "bf16"
+
+
+def test_gradient_checkpointing_is_the_non_reentrant_kind_for_every_method(tmp_path, tiny_model_dir):
+    for method in ("full", "lora", "qlora"):
+        model = _build(tmp_path, tiny_model_dir, method, "auto", gradient_checkpointing=True)
+        layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+        assert layers, method
+        assert {m._gradient_checkpointing_func.keywords.get("use_reentrant") for m in layers} == {False}, method
+
+
+def test_bitsandbytes_optimizers_without_cuda_stop_with_one_line(tmp_path, label_csv, tiny_model_dir):
+    config = load_config(write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir,
+                                      train={"optimizer": "paged_adamw_8bit"}))
+    prepare_stage(config, RunDir(config.output_dir))
+    with pytest.raises(TunelabError, match="paged_adamw_8bit needs a CUDA GPU"):
+        run_training(config, RunDir(config.output_dir))
+    assert not (RunDir(config.output_dir).model).exists()

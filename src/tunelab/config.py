@@ -131,7 +131,8 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub; off for safety.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU that supports it, else float32."
+        "auto", description="Weight storage. auto: bfloat16 on a GPU that supports it (inference, and the frozen "
+        "base of LoRA/QLoRA), float32 for full fine-tuning (fp32 master weights under bf16 autocast) and on CPU."
     )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     cache_dir: str | None = Field(None, description="Where converted GGUF models are cached.")
@@ -174,7 +175,8 @@ class TrainConfig(Section):
         "the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp16 on older GPUs, else no.")
     pack_row_tokens: int | None = Field(
         256, gt=0, description="Pack each batch's examples into rows of at most this many tokens (position_ids "
-        "restart per example, no cross-example attention); null: pad each example to the batch's longest.")
+        "restart per example, no cross-example attention); under FlashAttention the whole batch becomes one row "
+        "(its varlen kernel keeps examples apart only then); null: pad each example to the batch's longest.")
     answer_only_lm_head: bool = Field(True, description="Apply the LM head and the loss only where an answer "
                                                         "token is predicted (same loss, less compute and memory).")
     group_by_length: bool = Field(True, description="When packing is off: batch examples of similar length "
@@ -182,6 +184,11 @@ class TrainConfig(Section):
                                   "padding, and length-sorted batches learned worse in bench/train_throughput.py).")
     liger_kernels: bool = Field(True, description="On CUDA, use Liger kernels (RMSNorm, RoPE, SwiGLU) when "
                                                   "liger-kernel is installed.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit",
+                       "paged_adamw_32bit"] = Field(
+        "auto", description="auto: transformers' AdamW (fused where torch has it); adamw_8bit / paged_adamw_*: "
+        "bitsandbytes' optimizers on CUDA (8-bit state; paged spills to CPU memory instead of failing on a memory "
+        "spike).")
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")
     evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
     validation_loss_each_epoch: bool = Field(False, description="Also compute the loss over the whole validation "

@@ -26,8 +26,11 @@ def attach_adapters(model, train: TrainConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if train.method == "qlora":
+        # Norms and embeddings to fp32 for stable training over the NF4 weights; non-reentrant
+        # checkpointing as for the other methods.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train.gradient_checkpointing
+            model, use_gradient_checkpointing=train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     lora = LoraConfig(
         r=train.lora.r,
@@ -36,7 +39,8 @@ def attach_adapters(model, train: TrainConfig):
         target_modules=train.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    # PEFT keeps the adapters in fp32 over a bf16/fp16 base (autocast_adapter_dtype, its default).
+    return get_peft_model(model, lora, autocast_adapter_dtype=True)
 
 
 def parameter_count(parameter: torch.nn.Parameter) -> int:

@@ -4,8 +4,14 @@ Short instruction examples padded to the longest one in a batch waste compute on
 the LM head (hidden → vocabulary, ~20% of a small model's FLOPs) plus the softmax run at every
 prompt position although only answer tokens carry loss. Both are removed here without changing
 what is learned: packed rows give each example its own position_ids (0, 1, …), from which
-transformers builds a block-diagonal causal mask, so no token sees another example; the loss is
-the same cross-entropy over the same answer tokens, normalised the same way.
+transformers keeps examples apart, so no token sees another example; the loss is the same
+cross-entropy over the same answer tokens, normalised the same way.
+
+How transformers reads position_ids depends on the attention backend: eager/SDPA/flex build a
+block-diagonal mask for any number of rows, while FlashAttention reads packed sequences from
+position_ids only when the batch is a single row (`_is_packed_sequence`); two packed rows there
+would attend across examples. So under FlashAttention a batch becomes one row (TRL's
+`padding_free`), which its varlen kernel runs at the cost of the separate sequences.
 """
 
 from __future__ import annotations
@@ -51,21 +57,32 @@ def _packed_rows(lengths: list[int], limit: int) -> list[list[int]]:
     return min(candidates, key=slots)
 
 
+def packs_into_one_row(attn_implementation: str | None) -> bool:
+    """Whether packed batches must be one row for this attention backend to keep examples apart:
+    FlashAttention (2, 3 or a hub kernel) reads position_ids as sequence boundaries in one row only."""
+    return "flash" in (attn_implementation or "")
+
+
 @dataclass
 class BatchCollator:
     """Right-padded batches, or (``pack_row_tokens`` set) the batch's examples packed into short rows.
 
-    Rows are short (at most ``pack_row_tokens``) rather than one long row per batch: attention over
-    a packed row costs the square of its length, so one 1,700-token row is slower than padding.
-    Packed batches carry ``position_ids`` and an ``attention_mask`` that marks padding only; the
-    trainer drops the mask before the forward pass so the position_ids define the attention.
+    Rows are short (at most ``pack_row_tokens``) rather than one long row per batch: with a mask,
+    attention over a packed row costs the square of its length, so one 1,700-token row is slower
+    than padding. ``one_row`` (FlashAttention, see `packs_into_one_row`) puts the whole batch in one
+    row instead: its varlen kernel costs only the separate sequences. Packed batches carry
+    ``position_ids`` and an ``attention_mask`` that marks padding only; the trainer drops the mask
+    before the forward pass so the position_ids define the attention.
     """
 
     pad_token_id: int
     pack_row_tokens: int | None = None
+    one_row: bool = False
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if self.pack_row_tokens:
+        if self.pack_row_tokens and self.one_row:
+            sequences = [self._packed_row(features)]
+        elif self.pack_row_tokens:
             rows = _packed_rows([len(f["input_ids"]) for f in features], self.pack_row_tokens)
             sequences = [self._packed_row([features[i] for i in row]) for row in rows]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
@@ -10,13 +11,32 @@ from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
 from tunelab.model.source import ModelSource
 
+log = logging.getLogger(__name__)
 
-def pick_dtype(config: ModelConfig) -> torch.dtype:
+
+def pick_dtype(config: ModelConfig, trains_all_weights: bool = False) -> torch.dtype:
+    """The dtype the weights are stored in. auto: bfloat16 on a GPU that has it, for inference and for
+    the frozen base under LoRA/QLoRA; float32 when every weight trains (full fine-tuning), so AdamW
+    updates fp32 master weights while bf16 autocast does the matmuls: a bf16 weight would round
+    away any update smaller than 1/256 of itself."""
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not trains_all_weights:
         return torch.bfloat16
     return torch.float32
+
+
+def check_full_training_dtype(config: ModelConfig) -> None:
+    """Full fine-tuning in half-precision weights: fp16 cannot train (the gradient scaler refuses fp16
+    weights); bf16 runs, as the user asked, but loses small updates, so it is said once."""
+    if config.dtype == "float16":
+        raise TunelabError("train.method=full with model.dtype=float16: fp16 weights cannot be trained (no fp32 "
+                           "master copy for the gradient scaler); use model.dtype auto (fp32 weights, fp16/bf16 "
+                           "autocast) or bfloat16")
+    if config.dtype == "bfloat16":
+        log.warning("train.method=full with model.dtype=bfloat16: AdamW updates bf16 weights without an fp32 master "
+                    "copy, so updates below ~1/256 of a weight are lost; model.dtype auto keeps fp32 weights under "
+                    "bf16 autocast (twice the weight memory)")
 
 
 def _attn_implementation(config: ModelConfig) -> str | None:
@@ -46,11 +66,13 @@ def load_tokenizer(source: ModelSource, config: ModelConfig):
     return tokenizer
 
 
-def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = False):
-    """The causal LM in the configured dtype; with `quantize_4bit`, a frozen NF4 base for QLoRA."""
+def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = False,
+               trains_all_weights: bool = False):
+    """The causal LM in the configured dtype (see `pick_dtype`); with `quantize_4bit`, a frozen NF4 base
+    for QLoRA whose matmuls compute in that dtype (bf16 on a GPU)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = pick_dtype(config)
+    dtype = pick_dtype(config, trains_all_weights)
     kwargs = {
         "trust_remote_code": config.trust_remote_code,
         "dtype": dtype,

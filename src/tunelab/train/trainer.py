@@ -21,9 +21,10 @@ from transformers.trainer_callback import PrinterCallback, TrainerState
 
 from tunelab.config import TrainConfig, TunelabConfig
 from tunelab.data.chat import encode_example
+from tunelab.errors import TunelabError
 from tunelab.model.adapters import attach_adapters, count_parameters
-from tunelab.model.batching import IGNORE_INDEX, BatchCollator, answer_only_loss, model_inputs
-from tunelab.model.load import load_model, load_tokenizer, pick_dtype
+from tunelab.model.batching import IGNORE_INDEX, BatchCollator, answer_only_loss, model_inputs, packs_into_one_row
+from tunelab.model.load import check_full_training_dtype, load_model, load_tokenizer, pick_dtype
 from tunelab.model.source import ModelSource, materialize
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
 from tunelab.train.callbacks import JsonlLogCallback, LossWatchdog, TrainingProgress
@@ -33,19 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def encode_split(tokenizer, examples: list[dict[str, Any]], max_length: int):
-    """A `datasets.Dataset` of input_ids / attention_mask / labels, plus how many rows `max_length` cut:
-    {"prompt_cut_rows": …, "answer_cut_rows": …}."""
-    from datasets import Dataset
-
+    """Rows of input_ids / attention_mask / labels (a list is all the Trainer needs), plus how many rows
+    `max_length` cut: {"prompt_cut_rows": …, "answer_cut_rows": …}."""
     encoded = [encode_example(tokenizer, example, max_length) for example in examples]
-    rows = [
-        {"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels,
-         "length": len(e.input_ids)}
-        for e in encoded
-    ]
+    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in encoded]
     cuts = {"prompt_cut_rows": sum(e.prompt_cut > 0 for e in encoded),
             "answer_cut_rows": sum(e.answer_cut > 0 for e in encoded)}
-    return Dataset.from_list(rows), cuts
+    return rows, cuts
 
 
 def store_frozen_linears_in_bf16(model) -> None:
@@ -81,15 +76,37 @@ def upcast_frozen_linears(model) -> None:
                 module.bias.data = module.bias.data.float()
 
 
+def weights_dtype(config: TunelabConfig) -> torch.dtype:
+    """The dtype training loads the model in: fp32 master weights when every weight trains."""
+    return pick_dtype(config.model, trains_all_weights=config.train.method == "full")
+
+
 def build_model(config: TunelabConfig, source: ModelSource):
+    """The model to train, with the precision each method needs: full fine-tuning on fp32 weights
+    (bf16 autocast computes), LoRA's fp32 adapters over a bf16-stored frozen base, QLoRA's adapters
+    over an NF4 base computing in the load dtype. Gradient checkpointing is the non-reentrant kind,
+    which works with frozen inputs and PEFT without extra hooks."""
     train = config.train
-    model = load_model(source, config.model, quantize_4bit=train.method == "qlora")
-    if train.method == "lora" and mixed_precision(train, pick_dtype(config.model)) == "bf16":
+    if train.method == "full":
+        check_full_training_dtype(config.model)
+    model = load_model(source, config.model, quantize_4bit=train.method == "qlora",
+                       trains_all_weights=train.method == "full")
+    if train.method == "lora" and mixed_precision(train, weights_dtype(config)) == "bf16":
         store_frozen_linears_in_bf16(model)
-    if train.gradient_checkpointing and train.method != "qlora":
-        model.gradient_checkpointing_enable()
+    if train.gradient_checkpointing and train.method != "qlora":  # QLoRA: prepare_model_for_kbit_training does it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return attach_adapters(model, train)
+
+
+def check_optimizer(train: TrainConfig) -> None:
+    """bitsandbytes' 8-bit and paged optimizers keep their state on a CUDA device."""
+    if "8bit" in train.optimizer or "paged" in train.optimizer:
+        if not torch.cuda.is_available():
+            raise TunelabError(f"train.optimizer={train.optimizer} needs a CUDA GPU (bitsandbytes keeps its state "
+                               "there); use auto or adamw_torch on this machine")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TunelabError(f"train.optimizer={train.optimizer} needs bitsandbytes: pip install bitsandbytes")
 
 
 def mixed_precision(train: TrainConfig, dtype: torch.dtype) -> str:
@@ -108,8 +125,10 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
 
     train = config.train
     on_gpu = torch.cuda.is_available()
-    precision = mixed_precision(train, pick_dtype(config.model))
+    precision = mixed_precision(train, weights_dtype(config))
+    optimizer = {} if train.optimizer == "auto" else {"optim": train.optimizer}
     return TrainingArguments(
+        **optimizer,
         output_dir=str(output_dir),
         per_device_train_batch_size=train.per_device_batch_size,
         per_device_eval_batch_size=train.per_device_batch_size,
@@ -178,6 +197,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
     from transformers import set_seed
 
     train = config.train
+    check_optimizer(train)
     torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
     set_seed(config.seed)
     source = materialize(config.model)
@@ -213,7 +233,8 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         args=_training_arguments(config, run_dir.checkpoints, validation_set is not None, quiet),
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=BatchCollator(tokenizer.pad_token_id, train.pack_row_tokens),
+        data_collator=BatchCollator(tokenizer.pad_token_id, train.pack_row_tokens,
+                                    one_row=packs_into_one_row(getattr(model.config, "_attn_implementation", None))),
         callbacks=[JsonlLogCallback(log_path), LossWatchdog(train.learning_rate), *callbacks],
     )
     trainer.answer_only_lm_head = train.answer_only_lm_head
@@ -239,7 +260,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
             display.stop()  # so an error starts on a line of its own
         steps, training_loss = result.global_step, result.training_loss
     wall = time.perf_counter() - started
-    supervised_per_epoch = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in train_set["labels"])
+    supervised_per_epoch = sum(sum(1 for t in row["labels"] if t != IGNORE_INDEX) for row in train_set)
     summary = {
         "method": train.method,
         "parameters": parameters,
@@ -263,7 +284,7 @@ def run_training(config: TunelabConfig, run_dir: RunDir, resume: bool = False,
         save_model(trainer.model, tokenizer, run_dir, summary, log_path)
     trainer.accelerator.wait_for_everyone()
     trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast around forward
-    if pick_dtype(config.model) == torch.float32:  # a base loaded in bf16 (GPU) stays as the user set it
+    if weights_dtype(config) == torch.float32:  # a base loaded in bf16 (GPU) stays as the user set it
         upcast_frozen_linears(trained)
     return TrainingOutcome(summary, trained, tokenizer)
 
