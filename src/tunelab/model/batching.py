@@ -122,17 +122,19 @@ def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    """transformers' own causal LMs take `logits_to_keep`; some remote-code models do not (a bool mask
-    there gives flattened logits of the kept positions)."""
+    """Whether the model takes `logits_to_keep` as a boolean mask: transformers' causal LMs do since they
+    slice with `slice_logits_to_keep` (transformers 5.2x); older releases and remote-code models would
+    read the mask as positions (or not take it), so they get full logits and the mask applied after."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes_logits_to_keep(type(base).forward)
+    return _forward_slices_with_a_mask(type(base).forward)
 
 
 @functools.cache
-def _forward_takes_logits_to_keep(forward) -> bool:
+def _forward_slices_with_a_mask(forward) -> bool:
     """Per model class, not per training step: reading a signature is slow next to a cached lookup."""
-    parameters = inspect.signature(forward).parameters
-    return "logits_to_keep" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    function = inspect.unwrap(forward)
+    return ("logits_to_keep" in inspect.signature(function).parameters
+            and "slice_logits_to_keep" in getattr(function, "__globals__", {}))
 
 
 def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

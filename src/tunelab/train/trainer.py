@@ -310,12 +310,15 @@ def _world_size() -> int:
 
 
 def save_model(model, tokenizer, run_dir: RunDir, summary: dict[str, Any], log_path: Path) -> None:
-    """Adapter or full weights as safetensors with the tokenizer; the loss curve beside them."""
-    from tunelab.plots import plot_loss
-
+    """Adapter or full weights as safetensors with the tokenizer; the loss curve beside them (unless
+    matplotlib is missing, as on a bare GPU machine: the weights matter more than the picture)."""
     with staged_directory(run_dir.model) as folder:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         write_json(folder / "training_summary.json", summary)
-        if log_path.exists():
+        if log_path.exists() and importlib.util.find_spec("matplotlib") is None:
+            log.warning("model/loss.png not drawn: matplotlib is not installed")
+        elif log_path.exists():
+            from tunelab.plots import plot_loss
+
             plot_loss(read_jsonl(log_path), folder / "loss.png")
