@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from conftest import write_config
+from conftest import make_label_rows, write_config, write_csv
 from tunelab.config import TrainConfig, load_config
 from tunelab.data.chat import encode_example
 from tunelab.data.prepare import prepare_stage
@@ -121,6 +121,50 @@ def test_train_runs_unchanged_under_accelerate_launch_with_two_cpu_processes(tmp
     assert summary["process"] == "1/2" and summary["effective_batch_size"] == 16
     logged_steps = [record["step"] for record in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in record]
     assert logged_steps == sorted(set(logged_steps)) and logged_steps[-1] == 4  # once, not once per process
+
+
+def _launch_training(config_path, processes: int):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"] if processes > 1 else [sys.executable]
+    done = subprocess.run([*launcher, "-m", "tunelab", "train", str(config_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_processes_learn_the_same_model_as_one_with_twice_the_batch(tmp_path, tiny_model_dir):
+    """DDP over gloo with b=4, g=2 on 2 processes = one process with b=8, g=2: each optimizer step sees
+    the same examples (the sampler's order, split between the processes) and the same loss scale.
+    Within an epoch: at its end accelerate pads the last batches with repeated rows to keep the
+    processes in step, so a short epoch's last step differs."""
+    from safetensors.torch import load_file
+
+    csv = write_csv(tmp_path / "d.csv", make_label_rows(per_label=40))  # ~90 training rows: 4 steps of 16 fit
+    runs = {}
+    for processes, batch in ((1, 8), (2, 4)):
+        folder = tmp_path / f"p{processes}"
+        folder.mkdir()
+        config = write_config(folder, {"source": str(csv)}, tiny_model_dir, seed=7,
+                              train={"max_steps": 4, "per_device_batch_size": batch, "gradient_accumulation_steps": 2,
+                                     "mixed_precision": "no", "warmup_ratio": 0.0, "save_steps": 1000})
+        _launch_training(config, processes)
+        run = folder / "run"
+        losses = [r["loss"] for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
+        summary = json.loads((run / "model" / "training_summary.json").read_text())
+        runs[processes] = losses, load_file(run / "model" / "adapter_model.safetensors"), summary
+    (one_losses, one_weights, one_summary), (two_losses, two_weights, two_summary) = runs[1], runs[2]
+    assert one_summary["effective_batch_size"] == two_summary["effective_batch_size"] == 16
+    assert len(one_losses) == len(two_losses) == 4
+    assert two_losses == pytest.approx(one_losses, abs=1e-5)
+    assert one_weights.keys() == two_weights.keys()
+    for name in one_weights:  # Adam divides by the gradient's own scale: 1e-7 noise shows as ~1e-5
+        assert torch.allclose(one_weights[name], two_weights[name], atol=1e-4), name
+    assert not torch.allclose(one_weights[name], torch.zeros_like(one_weights[name]))  # it did train
 
 
 def test_training_shows_one_progress_display_and_no_raw_metric_dicts(tmp_path, label_csv, tiny_model_dir):
