@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup browser test demo lint clean
+.PHONY: setup browser postgres test demo lint clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: setup browser
+# Debian's PostgreSQL server for the test that runs search workers on a real database (the test starts
+# and stops its own throwaway server on 127.0.0.1; nothing is configured system-wide).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: setup browser postgres
 	$(BIN)/python -m pytest -q
 
 demo: setup

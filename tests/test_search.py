@@ -211,3 +211,58 @@ def test_workers_sharing_one_storage_split_the_grid(tmp_path, tiny_model_dir, wo
     params = [tuple(sorted(p.items())) for p in finished_params(study)]
     assert len(params) == 6 and len(set(params)) == 6
     assert len({t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}) == workers
+
+
+def test_three_workers_on_postgresql_survive_a_killed_worker(tmp_path, tiny_model_dir):
+    """Three `tunelab search` workers share a 6-point grid on a real PostgreSQL server; one is killed with
+    SIGKILL mid-trial. Its trial runs again on a survivor, every point completes exactly once, nothing
+    else repeats, the results are right, and the password reaches no file or log."""
+    import time
+    import uuid
+
+    from postgres_server import postgres_server
+
+    password = f"pw-{uuid.uuid4().hex}"
+    space = {"train.learning_rate": [1e-3, 3e-3, 1e-2], "train.lora.r": [4, 8]}
+    config_path = search_config(tmp_path, tiny_model_dir, space=space)
+    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 60"))
+    config = load_config(config_path)
+    prepare_stage(config, RunDir(config.output_dir))  # as the first worker would; then all three join
+    started = time.monotonic()
+    with postgres_server(password) as url:
+        logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+        workers = [subprocess.Popen([sys.executable, "-m", "tunelab", "search", str(config_path), "--storage", url],
+                                    stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ,
+                                    "PYTHONUNBUFFERED": "1"}) for log in logs]
+        victim, victim_log = workers[0], logs[0]
+        while "trial " not in victim_log.read_text() and time.monotonic() - started < 120:
+            time.sleep(0.2)
+        time.sleep(0.5)  # into its trial (loading the model alone takes longer)
+        killed_trial = int(victim_log.read_text().split("trial ")[-1].split(":")[0])
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)  # reaped: its pid is gone, as after a real crash
+        for worker in workers[1:]:
+            assert worker.wait(timeout=240) == 0, worker.args
+        study = optuna.load_study(study_name="tunelab", storage=url)
+        trials = study.get_trials()
+    assert time.monotonic() - started < 180
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    grid = {(lr, r) for lr in space["train.learning_rate"] for r in space["train.lora.r"]}
+    done = [(t.params["train.learning_rate"], t.params["train.lora.r"]) for t in complete]
+    assert sorted(done) == sorted(grid)  # every combination COMPLETE exactly once
+    killed = trials[killed_trial]
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["fail_reason"]
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == killed_trial]
+    assert len(retry) == 1 and retry[0].params == killed.params
+    assert retry[0].user_attrs["worker"] != killed.user_attrs["worker"]
+    trained = [t for t in trials if "steps" in t.user_attrs or t is killed]
+    assert len(trained) == 7  # six combinations and the killed one: nothing else trained twice
+    with open(tmp_path / "run" / "search" / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["state"] for r in rows).count("COMPLETE") == 6
+    best = min(complete, key=lambda t: t.value)
+    best_config = load_config(tmp_path / "run" / "search" / "best.yaml")
+    assert (best_config.train.learning_rate, best_config.train.lora.r) == (
+        best.params["train.learning_rate"], best.params["train.lora.r"])
+    leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaks

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from tunelab.config import TunelabConfig, config_dump
 from tunelab.errors import TunelabError
 from tunelab.plots import plot_heatmap, plot_metric_vs_lr, plot_validation_curves
-from tunelab.rundir import RunDir, write_text_atomic
+from tunelab.rundir import RunDir, exclusive, write_text_atomic
 from tunelab.search.space import with_values
 
 BATCH_KEYS = ("train.per_device_batch_size", "train.gradient_accumulation_steps")
@@ -54,6 +54,13 @@ def best_config(config: TunelabConfig, study: optuna.Study) -> TunelabConfig:
 
 
 def write_results(config: TunelabConfig, study: optuna.Study, run_dir: RunDir) -> dict[str, Any]:
+    """Every worker writes the results when its share is done; under the lock, reading the study and
+    writing its files go together, so the last worker to finish leaves the final state."""
+    with exclusive(run_dir.search / ".results.lock"):
+        return _write_results(config, study, run_dir)
+
+
+def _write_results(config: TunelabConfig, study: optuna.Study, run_dir: RunDir) -> dict[str, Any]:
     rows = trial_rows(study)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))

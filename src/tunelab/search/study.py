@@ -270,7 +270,8 @@ def open_study(config: TunelabConfig, run_dir: RunDir, metric: str) -> optuna.St
 
 def _retry_dead_local_trials(study: optuna.Study, run_dir: RunDir) -> None:
     """Trials left RUNNING by a killed process on this machine fail now and run again; their
-    half-written trial folders go.
+    half-written trial folders go. Every worker checks when it starts and after each trial, so a
+    surviving worker picks the trial up; the row lock of the FAIL update lets one worker win.
 
     (Workers on other machines are covered by Optuna's heartbeat after its grace period.)
     """
@@ -278,11 +279,16 @@ def _retry_dead_local_trials(study: optuna.Study, run_dir: RunDir) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and not process_alive(int(pid)):
+        if name != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        try:  # the reason first: a finished trial takes no attribute
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died; run again")
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            shutil.rmtree(trial_folder(run_dir, trial.number).root, ignore_errors=True)
-            log.info("trial %d was interrupted (worker %s is gone): it runs again", trial.number, worker)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first and queued the retry
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        shutil.rmtree(trial_folder(run_dir, trial.number).root, ignore_errors=True)
+        log.info("trial %d was interrupted (worker %s is gone): it runs again", trial.number, worker)
 
 
 def _grid_left(study: optuna.Study, grid: list[dict[str, Any]]) -> int:
@@ -307,13 +313,17 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     study.set_user_attr("intermediate", {"measure": measure, "sign": sign, "units": progress_plan(config)[0]})
     _retry_dead_local_trials(study, run_dir)
     failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
+
+    def retry_dead_trials(study: optuna.Study, _trial) -> None:
+        _retry_dead_local_trials(study, run_dir)
+
     if config.search.strategy == "tpe":
         budget = TrialBudget(config.search.n_trials, space_size(config))
         if budget.spent(study):  # a resumed search may have used its budget already
             return study
         with SearchDisplay(budget.remaining(study)) as display:
-            study.optimize(Objective(config, run_dir, metric, display), callbacks=[budget], catch=failures,
-                           n_trials=config.search.n_trials * (1 + REPEATS_PER_TRIAL))
+            study.optimize(Objective(config, run_dir, metric, display), callbacks=[retry_dead_trials, budget],
+                           catch=failures, n_trials=config.search.n_trials * (1 + REPEATS_PER_TRIAL))
         return study
     grid = grid_points(config)
 
@@ -326,6 +336,6 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
 
     if _grid_left(study, grid) or waiting():
         with SearchDisplay(_grid_left(study, grid) + waiting()) as display:
-            study.optimize(Objective(config, run_dir, metric, display), callbacks=[stop_when_grid_is_taken],
-                           catch=failures)
+            study.optimize(Objective(config, run_dir, metric, display),
+                           callbacks=[retry_dead_trials, stop_when_grid_is_taken], catch=failures)
     return study
