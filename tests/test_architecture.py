@@ -19,8 +19,8 @@ ALLOWED = {
     "data": FOUNDATION | {"model"},
     "train": STAGE_BASE,
     "evaluate": STAGE_BASE,
-    # A search trial trains a model and scores it on validation rows.
-    "search": STAGE_BASE | {"train.trainer", "train.callbacks", "evaluate.validation"},
+    # A search trial trains a model (tracked like any training) and scores it on validation rows.
+    "search": STAGE_BASE | {"train.trainer", "train.callbacks", "train.tracking", "evaluate.validation"},
     # Publishing asks the downloaded model the test prompts and prints the metrics table.
     "publish": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
     # An export is checked the way a push is: the exported copy must give the evaluation's answers.

@@ -101,14 +101,15 @@ def test_label_probabilities_auto_stops_where_they_cost_several_generations():
 PASSWORD_URL = "postgresql://tuner:s3cr%40t!@db.internal:5432/optuna"
 
 
-def test_a_password_in_the_study_url_never_reaches_a_file(tmp_path):
+def test_a_password_in_the_study_or_tracking_url_never_reaches_a_file(tmp_path):
     import optuna
 
     from tunelab.rundir import RunDir
     from tunelab.search.results import write_results
 
     config = TunelabConfig.model_validate({**BASE, "search": {"storage": PASSWORD_URL,
-                                                              "space": {"train.learning_rate": [1e-3]}}})
+                                                              "space": {"train.learning_rate": [1e-3]}},
+                                           "train": {"mlflow_tracking_uri": PASSWORD_URL.replace("optuna", "mlflow")}})
     save_config(config, tmp_path / "config.yaml")
     study = optuna.create_study(direction="minimize")
     study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1e-3}, value=0.5,
@@ -120,6 +121,7 @@ def test_a_password_in_the_study_url_never_reaches_a_file(tmp_path):
     for written in (tmp_path / "config.yaml", tmp_path / "search" / "best.yaml"):
         text = written.read_text()
         assert "s3cr" not in text and "postgresql://tuner:***@db.internal:5432/optuna" in text, written
+        assert "postgresql://tuner:***@db.internal:5432/mlflow" in text, written
 
 
 def test_only_settings_that_change_the_model_retrain_it():
@@ -135,5 +137,6 @@ def test_only_settings_that_change_the_model_retrain_it():
 
     assert changed("evaluate.max_new_tokens", 64) == {"search", "evaluate", "publish"}
     assert changed("search.storage", PASSWORD_URL) == set()
+    assert changed("train.report_to", ["tensorboard"]) == set()  # tracking a run does not change it
     assert changed("train.learning_rate", 0.01) == {"search", "train", "evaluate", "publish"}
     assert changed("publish.private", False) == {"publish"}

@@ -190,6 +190,12 @@ class TrainConfig(Section):
         "bitsandbytes' optimizers on CUDA (8-bit state; paged spills to CPU memory instead of failing on a memory "
         "spike).")
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores.")
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers (transformers' integrations) for training and each "
+        "search trial: tensorboard writes RUN_DIR/tensorboard/<run>, mlflow a local RUN_DIR/mlflow.db unless "
+        "mlflow_tracking_uri or MLFLOW_TRACKING_URI says otherwise. Default: none.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server or database; credentials in "
+                                            "it are redacted from written configs.")
     evaluate_after: bool = Field(True, description="Run `tunelab evaluate` when training ends.")
     validation_loss_each_epoch: bool = Field(False, description="Also compute the loss over the whole validation "
                                              "split at each epoch end (a full pass each time; shown in loss.png).")
@@ -442,11 +448,12 @@ def redact_url(url: str) -> str:
 
 
 def config_dump(config: TunelabConfig) -> dict[str, Any]:
-    """The config as written to files (config.yaml, best.yaml): credentials in the study URL are
-    redacted (give the password through PGPASSWORD or ~/.pgpass instead)."""
+    """The config as written to files (config.yaml, best.yaml): credentials in the study and MLflow URLs
+    are redacted (give the password through PGPASSWORD or ~/.pgpass instead)."""
     tree = config.model_dump(mode="json")
-    if tree["search"]["storage"]:
-        tree["search"]["storage"] = redact_url(tree["search"]["storage"])
+    for section, key in (("search", "storage"), ("train", "mlflow_tracking_uri")):
+        if tree[section][key]:
+            tree[section][key] = redact_url(tree[section][key])
     return tree
 
 

@@ -23,6 +23,7 @@ from tunelab.data.prepare import duplicates_summary, input_hash, prepare_stage
 from tunelab.errors import TunelabError
 from tunelab.model.source import check_source
 from tunelab.rundir import RunDir, clear_stale, removed_on_failure, write_json
+from tunelab.train.tracking import TrackedRun, check_trackers
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def train(config: TunelabConfig, run_dir: RunDir, resume: bool) -> dict[str, Any
     from tunelab.train.trainer import run_training
 
     save_config(config, run_dir.config)  # resuming without a complete checkpoint trains from the start
-    return run_training(config, run_dir, resume=resume).summary
+    with TrackedRun(config, run_dir.root, "train") as tracked:
+        return run_training(config, run_dir, resume=resume, callbacks=tuple(tracked.callbacks)).summary
 
 
 def evaluate(config: TunelabConfig, run_dir: RunDir, data_file: str | None = None,
@@ -123,6 +125,7 @@ def search_run(config_path: Path, overrides: list[str], output_dir: Path | None)
     config, run_dir = load(config_path, overrides, output_dir)
     check_search_settings(config)
     check_source(config.model)
+    check_trackers(config)
     with removed_on_failure(run_dir.root):
         prepare(config, run_dir)
         return search(config, run_dir)
@@ -134,6 +137,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
     under `accelerate launch` the main process prepares the data and evaluates."""
     config, run_dir = load(config_path, overrides, output_dir)
     check_source(config.model)  # before any stage writes a file
+    check_trackers(config)
     if resume:
         if not run_dir.split("train").is_file():
             raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
@@ -224,18 +228,21 @@ class StageRecord:
         write_json(self.path, self.stages)
 
 
+TRACKING_KEYS = {"report_to", "mlflow_tracking_uri"}
+
+
 def stage_hashes(config: TunelabConfig, trained: TunelabConfig | None = None) -> dict[str, str]:
     """What each stage's output depends on. `trained`: the config training uses (the search winner).
 
-    Only settings that change a stage's output count: where a study is stored does not change it, and
-    training does not read the answer budget, so changing either retrains nothing.
+    Only settings that change a stage's output count: where a study is stored or training is tracked
+    does not change it, and training does not read the answer budget, so changing those retrains nothing.
     """
     trained = trained or config
     hashes = {"prepare": input_hash(config)}
     # Search scores generated answers, so the answer budget is one of its inputs.
-    hashes["search"] = digest(hashes["prepare"], config.model, config.train,
+    hashes["search"] = digest(hashes["prepare"], config.model, config.train.model_dump(exclude=TRACKING_KEYS),
                               config.search.model_dump(exclude={"storage"}), config.evaluate.max_new_tokens)
-    hashes["train"] = digest(hashes["prepare"], trained.model, trained.train)
+    hashes["train"] = digest(hashes["prepare"], trained.model, trained.train.model_dump(exclude=TRACKING_KEYS))
     hashes["evaluate"] = digest(hashes["train"], config.evaluate)
     hashes["publish"] = digest(hashes["evaluate"], config.publish)
     return hashes
@@ -246,6 +253,7 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     if from_stage and from_stage not in STAGES:
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
     check_source(config.model)
+    check_trackers(config)
     if config.search.space:
         check_search_settings(config)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()

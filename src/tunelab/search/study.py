@@ -30,6 +30,7 @@ from tunelab.search.display import SearchDisplay
 from tunelab.search.pruner import NearTieHalvingPruner
 from tunelab.search.space import grid_points, suggest, validate_space, with_values
 from tunelab.train.callbacks import TrainingDiverged
+from tunelab.train.tracking import TrackedRun
 from tunelab.train.trainer import run_training
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,18 @@ class Objective:
         started = time.perf_counter()
         log.info("trial %d: %s", trial.number, ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in values.items()))
         self.display.start_trial(trial.number, values)
+        with TrackedRun(trial_config, self.run_dir.root, f"trial-{trial.number:04d}") as tracked:
+            value = self._train_and_score(trial, trial_config, folder, reporter, tracked.callbacks, started)
+            tracked.log_result(values, {f"validation_{self.metric}": value})
+        return value
 
+    def _train_and_score(self, trial: optuna.Trial, trial_config: TunelabConfig, folder: RunDir,
+                         reporter: IntermediateScores, callbacks: list, started: float) -> float:
         def seconds() -> str:
             return f"{time.perf_counter() - started:.0f} s"
 
         try:
-            outcome = run_training(trial_config, folder, callbacks=(reporter, self.display), quiet=True)
+            outcome = run_training(trial_config, folder, callbacks=(reporter, self.display, *callbacks), quiet=True)
         except (TrainingDiverged, torch.OutOfMemoryError) as error:
             trial.set_user_attr("fail_reason", str(error).splitlines()[0])
             self.display.end_trial(trial.study, trial.number, f"failed: {str(error).splitlines()[0]} ({seconds()})")
