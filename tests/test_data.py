@@ -133,3 +133,49 @@ def test_a_dataset_is_named_from_the_config_or_by_a_file_name_that_says_somethin
     assert dataset_name("data/symptom2disease.csv") == "symptom2disease"
     assert dataset_name("../shared/data/clinc150/train.csv", "CLINC150 intents") == "CLINC150 intents"
     assert dataset_name("owner/hub-dataset") == "owner/hub-dataset"
+
+
+def _many_label_rows(rows_per_label: dict[str, int]) -> list[dict[str, str]]:
+    return [{"text": f"case {i} of {label}: symptom number {i * 7 + len(label)}", "label": label}
+            for label, n in rows_per_label.items() for i in range(n)]
+
+
+def test_150_labels_keep_the_requested_test_size_and_name_the_untested_labels(tmp_path, caplog):
+    """300 rows x 0.1 is 30 test rows: not one per label (150, half the data), each label within one row
+    of its share, and the 120 labels left without a test row named."""
+    labels = {f"intent_{n:03d}": 2 for n in range(150)}
+    path = write_csv(tmp_path / "d.csv", _many_label_rows(labels))
+    config = TunelabConfig(data=data_config(path, test_size=0.1), prepare={"dedup_threshold": None})
+    with caplog.at_level("WARNING"):
+        prepared = build_splits(config)
+    test, train = prepared.splits["test"], prepared.splits["train"]
+    assert len(test) == 30 and len(train) == 270
+    assert max(Counter(e["label"] for e in test).values()) == 1
+    assert {e["label"] for e in train} == set(labels)  # no label lost its last training row
+    untested = prepared.report["labels_without_rows"]["test"]
+    assert len(untested) == 120 and set(untested) == set(labels) - {e["label"] for e in test}
+    assert "120 of 150 labels have no test row" in caplog.text and "data.test_size to 0.50" in caplog.text
+
+
+def test_labels_with_one_or_two_rows_are_split_without_losing_training_rows(tmp_path):
+    counts = {**{f"common{n}": 12 for n in range(10)}, **{f"pair{n}": 2 for n in range(5)},
+              **{f"single{n}": 1 for n in range(5)}}
+    path = write_csv(tmp_path / "d.csv", _many_label_rows(counts))
+    config = TunelabConfig(data=data_config(path, test_size=0.2, validation_size=0.1),
+                           prepare={"dedup_threshold": None})
+    splits = build_splits(config).splits
+    splittable = sum(n for n in counts.values() if n > 1)
+    assert len(splits["test"]) == round(splittable * 0.2)  # requested size, singletons excluded
+    trained = Counter(e["label"] for e in splits["train"])
+    assert set(trained) == set(counts)  # every label, the one-row ones included, is trained on
+    for part in ("test", "validation"):
+        assert not {e["label"] for e in splits[part]} & {f"single{n}" for n in range(5)}
+    for label, n in Counter(e["label"] for e in splits["test"]).items():
+        assert abs(n - counts[label] * 0.2) <= 1, label
+
+
+def test_a_share_too_small_for_one_row_stops_with_the_setting_to_raise(tmp_path):
+    path = write_csv(tmp_path / "d.csv", _many_label_rows({"a": 10, "b": 10}))
+    config = TunelabConfig(data=data_config(path, test_size=0.02), prepare={"dedup_threshold": None})
+    with pytest.raises(TunelabError, match=r"leave the test split \(0.02\) empty: raise data.test_size"):
+        build_splits(config)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.prepare import duplicates_summary
-from tunelab.evaluate.scoring import comparison_rows
+from tunelab.evaluate.scoring import comparison_rows, labels_by_error
 from tunelab.rundir import RunDir, read_jsonl, read_trials, write_text_atomic
+
+PER_LABEL_ROWS = 25  # the report shows the worst labels; per_label.csv has them all
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}
@@ -150,6 +152,13 @@ def _evaluation(run: RunDir, examples: int) -> str:
     body += f'<div class="figures">{"".join(figures)}</div>'
     predictions_path = run.eval / "predictions.jsonl"
     predictions = read_jsonl(predictions_path) if predictions_path.is_file() else []
+    per_label = labels_by_error(metrics, predictions)
+    if per_label:
+        shown = per_label[:PER_LABEL_ROWS]
+        more = (f" ({len(shown)} worst of {len(per_label)}; every label in eval/per_label.csv)"
+                if len(per_label) > len(shown) else "")
+        body += (f"<h3>Labels by error, worst first{more}</h3>"
+                 + _table(list(shown[0]), [list(row.values()) for row in shown]))
     confusions = Counter((p["gold"], p["tuned_answer"]) for p in predictions
                          if p.get("tuned_answer") is not None and p["tuned_answer"] != p["gold"])
     if confusions:

@@ -24,7 +24,13 @@ from tunelab.data.labels import check_distinct_labels, similar_labels
 from tunelab.data.load import load_rows
 from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
-from tunelab.data.split import check_held_out, drop_exact_duplicates, label_counts, stratified_split
+from tunelab.data.split import (
+    check_held_out,
+    drop_exact_duplicates,
+    label_counts,
+    labels_without_rows,
+    stratified_split,
+)
 from tunelab.data.vectorize import vectorize
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir, exclusive, staged_directory, write_json, write_jsonl
@@ -147,13 +153,19 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
     vector_of = {example["id"]: vector for example, vector in zip(pool, pool_vectors, strict=True)}
 
     distinct, near_removed = len(pool), counts["after_exact_dedup"] - len(pool)
+    unheld: dict[str, list[str]] = {}
     if given_test is None:
+        split_from = pool
         pool, test_rows = stratified_split(pool, data.test_size, config.seed)
         check_held_out("test", test_rows, data.test_size, distinct, data.source, near_removed)
+        unheld["test"] = labels_without_rows(split_from, test_rows, "test", "data.test_size", data.test_size)
     if given_validation is None:
         holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
         train_pool, validation = stratified_split(pool, holdout_share, config.seed)
         check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
+        if validation:
+            unheld["validation"] = labels_without_rows(pool, validation, "validation", "data.validation_size",
+                                                       data.validation_size)
     else:
         train_pool, validation = pool, validation_rows
         _check_test_labels(train_pool, validation, data.validation_file, "validation")
@@ -188,6 +200,8 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
             "silhouette": silhouette(clustering.space, clustering.labels, config.seed),
         },
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test_rows)},
+        # labels a requested held-out share was too small to give a row (many labels, few rows)
+        "labels_without_rows": {part: labels for part, labels in unheld.items() if labels},
         "labels": {"pool": label_counts(train_pool), "train": label_counts(train),
                    "validation": label_counts(validation), "test": label_counts(test_rows)},
     }

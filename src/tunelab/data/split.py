@@ -5,16 +5,19 @@ the split is stratified by label with a fixed seed so every label is tested in p
 
 Minimum data, checked before any training: at least 2 distinct rows after de-duplication; a
 held-out split (test unless `data.test_file` is given, validation when `data.validation_size` > 0)
-takes at least one row of each label that has two or more, so it needs such a label and more of
-those rows than labels; a label with a single row is only trained on. Search needs the validation
-split; the TF-IDF baseline and vectors need nothing more (texts without words fall back to
-character n-grams).
+has the requested size, round(rows x share), never enlarged: each label gets its share to within
+one row, drawn from labels with two or more rows (a label with a single row is only trained on, and
+no label loses its last training row). A split that comes out empty stops the run with what to
+change; labels left without a held-out row (many labels, few rows) are named in a warning and the
+prepare report. Search needs the validation split; the TF-IDF baseline and vectors need nothing
+more (texts without words fall back to character n-grams).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections import Counter
 from typing import Any
@@ -59,9 +62,12 @@ def drop_exact_duplicates(
 def stratified_split(
     examples: list[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split off `fraction` of the rows, stratified by label when rows have labels.
+    """Split off round(`fraction` x rows) rows, stratified by label when rows have labels.
 
-    Labels with a single row cannot be in both parts; they stay on the first (training) side.
+    Labels with a single row cannot be in both parts; they stay on the first (training) side. With at
+    least one held-out row per label, scikit-learn's stratified split draws them; with fewer (many
+    labels, a small share) a systematic stratified draw keeps the requested size, each label within
+    one row of its share.
     """
     if not examples or fraction <= 0:
         return list(examples), []
@@ -71,13 +77,31 @@ def stratified_split(
     counts = Counter(labels)
     splittable = [example for example in examples if counts[example["label"]] > 1]
     singletons = [example for example in examples if counts[example["label"]] == 1]
-    n_held = max(round(len(splittable) * fraction), len(set(e["label"] for e in splittable)))
-    if n_held >= len(splittable):
+    n_held = round(len(splittable) * fraction)
+    if n_held == 0 or n_held >= len(splittable):
         return list(examples), []
-    kept, held = train_test_split(
-        splittable, test_size=n_held, random_state=seed, stratify=[e["label"] for e in splittable]
-    )
-    return list(kept) + singletons, list(held)
+    if n_held >= len({e["label"] for e in splittable}):
+        kept, held = train_test_split(
+            splittable, test_size=n_held, random_state=seed, stratify=[e["label"] for e in splittable]
+        )
+        return list(kept) + singletons, list(held)
+    chosen = set(_stratified_order(splittable, seed)[:n_held].tolist())
+    kept = [e for i, e in enumerate(splittable) if i not in chosen]
+    return kept + singletons, [e for i, e in enumerate(splittable) if i in chosen]
+
+
+def labels_without_rows(pool: list[dict[str, Any]], held: list[dict[str, Any]], part: str, setting: str,
+                        share: float) -> list[str]:
+    """Labels of the pool that the held-out `part` has no row of, logged with what would cover them."""
+    missing = sorted({e["label"] for e in pool if "label" in e} - {e["label"] for e in held if "label" in e})
+    if missing and held:
+        labels = len({e["label"] for e in pool})
+        log.warning("%d of %d labels have no %s row (%s=%g of %d rows is %d rows), so their %s scores are not "
+                    "measured: %s%s. Raise %s to %.2f or more to cover every label, or give an own %s file",
+                    len(missing), labels, part, setting, share, len(pool), len(held), part,
+                    ", ".join(missing[:10]), " ..." if len(missing) > 10 else "", setting,
+                    math.ceil(100 * labels / len(pool)) / 100, part)
+    return missing
 
 
 def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool: int, origin: str,
@@ -85,7 +109,7 @@ def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool:
     """A held-out split that came out empty is an error that says what to add or change."""
     if held or fraction <= 0:
         return
-    hints = ["add rows (a held-out split needs a label with 2 or more rows, and more such rows than labels)"]
+    hints = [f"raise data.{part}_size or add rows (it takes round(share x rows) rows from labels with 2 or more)"]
     if near_removed:
         hints.append(f"set prepare.dedup_threshold: null (near-duplicate removal took {near_removed} rows)")
     if part == "validation":
@@ -101,17 +125,8 @@ def stratified_subset(examples: list[dict[str, Any]], limit: int | None, seed: i
     `setting` that bounds it (unless `quiet`)."""
     if not limit or limit >= len(examples):
         return examples
-    # Systematic stratified draw: the k-th of a label's n shuffled rows gets the key (k + u) / n, so
-    # taking the smallest keys gives each label its share of the rows, to within one.
-    rng = np.random.default_rng(seed)
-    by_label: dict[Any, list[int]] = {}
-    for index, example in enumerate(examples):
-        by_label.setdefault(example.get("label"), []).append(index)
-    keys = np.empty(len(examples))
-    for rows in by_label.values():
-        order = rng.permutation(len(rows))
-        keys[np.array(rows)[order]] = (np.arange(len(rows)) + rng.random()) / len(rows)
-    subset = [examples[i] for i in sorted(np.argsort(keys, kind="stable")[:limit])]
+    order = _stratified_order(examples, seed)
+    subset = [examples[i] for i in sorted(order[:limit])]
     if quiet:
         return subset
     log.info("scoring a label-stratified subset of %d of %d rows (%s, seed %d)", len(subset), len(examples),
@@ -122,6 +137,21 @@ def stratified_subset(examples: list[dict[str, Any]], limit: int | None, seed: i
                     " is" if len(missing) == 1 else "s are", setting, ", ".join(missing[:20]),
                     " ..." if len(missing) > 20 else "")
     return subset
+
+
+def _stratified_order(examples: list[dict[str, Any]], seed: int) -> np.ndarray:
+    """Row indices in a systematic stratified order: the k-th of a label's n shuffled rows gets the key
+    (k + u) / n, so any prefix of the order gives each label its share of the rows, to within one
+    (and, for a prefix under half the rows, never all of a label's rows)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[Any, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_label.setdefault(example.get("label"), []).append(index)
+    keys = np.empty(len(examples))
+    for rows in by_label.values():
+        order = rng.permutation(len(rows))
+        keys[np.array(rows)[order]] = (np.arange(len(rows)) + rng.random()) / len(rows)
+    return np.argsort(keys, kind="stable")
 
 
 def _as_lists(parts: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -94,3 +94,23 @@ def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str,
     names = [name for name in ("base", "tuned", "baseline") if name in results]
     keys = [key for key in REPORTED_METRICS if key in results.get("tuned", results[names[-1]])]
     return names, [(key, [results[name].get(key) for name in names]) for key in keys]
+
+
+def labels_by_error(results: dict[str, Any], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per tested label, worst first: its test rows, each model's recall on it, and the tuned
+    model's most frequent wrong answer. At 150 labels the question is which ones fail; this says."""
+    names = [name for name in ("tuned", "base", "baseline") if "per_class_recall" in results.get(name, {})]
+    if not names:
+        return []
+    rows_of = Counter(p["gold"] for p in predictions)
+    wrong = Counter((p["gold"], p.get("tuned_answer")) for p in predictions
+                    if p.get("tuned_answer") is not None and p["tuned_answer"] != p["gold"])
+    worst_answer: dict[str, str] = {}
+    for (gold, answer), _ in wrong.most_common():
+        worst_answer.setdefault(gold, answer)
+    table = [{"label": label, "test_rows": rows_of.get(label, 0),
+              **{f"{name}_recall": results[name]["per_class_recall"].get(label) for name in names},
+              "most_frequent_wrong_answer": worst_answer.get(label, "")}
+             for label in results[names[0]]["per_class_recall"]]
+    key = f"{names[0]}_recall"
+    return sorted(table, key=lambda row: (row[key], -row["test_rows"], row["label"]))

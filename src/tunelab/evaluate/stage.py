@@ -8,6 +8,7 @@ weights is in memory.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from pathlib import Path
@@ -33,7 +34,7 @@ from tunelab.evaluate.label_scores import (
     probability_metrics,
     top_labels,
 )
-from tunelab.evaluate.scoring import extract_answer, label_metrics, match_label, text_metrics
+from tunelab.evaluate.scoring import extract_answer, label_metrics, labels_by_error, match_label, text_metrics
 from tunelab.model.adapters import load_tuned
 from tunelab.plots import plot_confusion, plot_reliability
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json, write_jsonl
@@ -136,6 +137,12 @@ def _write(destination: Path, examples, labels, results, generations, baseline_a
     with staged_directory(destination) as folder:
         write_json(folder / "metrics.json", results)
         write_jsonl(folder / "predictions.jsonl", predictions)
+        per_label = labels_by_error(results, predictions)
+        if per_label:
+            with open(folder / "per_label.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(per_label[0]))
+                writer.writeheader()
+                writer.writerows(per_label)
         if labels:
             gold = [answer_text(e) for e in examples]
             for name, texts in headline.items():
