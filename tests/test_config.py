@@ -140,3 +140,14 @@ def test_only_settings_that_change_the_model_retrain_it():
     assert changed("train.report_to", ["tensorboard"]) == set()  # tracking a run does not change it
     assert changed("train.learning_rate", 0.01) == {"search", "train", "evaluate", "publish"}
     assert changed("publish.private", False) == {"publish"}
+
+
+@pytest.mark.parametrize("name", ["symptoms-cpu", "symptoms-qwen-distill", "intents-clinc150"])
+def test_every_example_config_is_valid_and_its_search_space_checks(name):
+    from pathlib import Path
+
+    from tunelab.pipeline import check_search_settings
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / f"{name}.yaml")
+    if config.search.space:
+        check_search_settings(config)
