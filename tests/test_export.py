@@ -1,11 +1,13 @@
-"""`tunelab export`: merged weights checked against the evaluation, and the vLLM launch folder."""
+"""`tunelab export`: merged weights and GGUF files checked against the evaluation, the vLLM launch folder."""
 
 import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
+from conftest import make_label_rows, write_config, write_csv
 from tunelab.cli import app
 
 TUNELAB = [sys.executable, "-m", "tunelab"]
@@ -65,4 +67,70 @@ def test_vllm_export_of_a_base_known_only_by_a_local_path_ships_full_weights(tra
 
 def test_an_unknown_format_is_one_line(trained_run):
     result = CliRunner().invoke(app, ["export", str(trained_run), "--format", "onnx"])
-    assert result.exit_code == 2 and "--format onnx: not an export format (formats: merged, vllm)" in result.output
+    assert result.exit_code == 2
+    assert "--format onnx: not an export format (formats: merged, gguf, vllm)" in result.output
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the packaged GGUF, offline) tuned for 12 steps on 3 labels and evaluated: a
+    real tokenizer that llama.cpp's converter knows, confident answers that survive f16 rounding."""
+    folder = tmp_path_factory.mktemp("smollm2")
+    csv_path = write_csv(folder / "symptoms.csv", make_label_rows(per_label=12))
+    config = write_config(folder, {"source": str(csv_path)}, "smollm2-135m-instruct",
+                          train={"max_steps": 12, "learning_rate": 1e-3, "save_steps": 100},
+                          evaluate={"compare_base": False}, publish={"verify_prompts": 4})
+    done = subprocess.run([*TUNELAB, "train", str(config)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "run"
+
+
+def test_gguf_export_is_checked_by_llama_cpp_and_carries_the_chat_template(smollm2_run):
+    import llama_cpp
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from tunelab.rundir import read_jsonl
+
+    done = subprocess.run([*TUNELAB, "export", str(smollm2_run), "--format", "gguf", "--quant", "q8_0"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = smollm2_run / "export" / "gguf"
+    assert sorted(p.name for p in folder.iterdir()) == ["export.json", "model-f16.gguf", "model-q8_0.gguf"]
+    record = json.loads((folder / "export.json").read_text())
+    assert record["verified"]["same_answers_as_eval"] == record["verified"]["prompts"] > 0
+    agreement = record["verified"]["agreement"]["q8_0"]
+    assert agreement["test_rows"] == len(read_jsonl(smollm2_run / "eval" / "predictions.jsonl"))
+    assert agreement["rate"] >= 0.9
+    assert record["files"]["q8_0"]["bytes"] < 0.6 * record["files"]["f16"]["bytes"]
+    # The chat template and the end-of-turn token travel in the metadata, as a chat engine needs them.
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_run / "model")
+    fields = GGUFReader(folder / "model-f16.gguf").fields
+    assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # And llama.cpp's own chat path (template from the metadata) answers with a label.
+    model = llama_cpp.Llama(str(folder / "model-q8_0.gguf"), n_ctx=512, verbose=False)
+    prediction = read_jsonl(smollm2_run / "eval" / "predictions.jsonl")[0]
+    reply = model.create_chat_completion(
+        [{"role": "system", "content": "Name the diagnosis."}, {"role": "user", "content": prediction["input"]}],
+        temperature=0.0, max_tokens=8)
+    assert reply["choices"][0]["message"]["content"].strip() == prediction["tuned_answer"]
+
+
+def test_a_model_llama_cpp_cannot_convert_fails_in_one_line_and_leaves_no_export(trained_run):
+    """The tiny test model's locally trained tokenizer is unknown to llama.cpp's converter."""
+    done = subprocess.run([*TUNELAB, "export", str(trained_run), "--format", "gguf"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert "llama.cpp's converter failed on the merged model: NotImplementedError: BPE pre-tokenizer was not " \
+           "recognized" in done.stderr
+    assert not (trained_run / "export" / "gguf").exists()
+
+
+@pytest.mark.parametrize("labels", [["Flu", "Migraine"], ['Say "hi"', "back\\slash", "Cold sore"]])
+def test_the_label_grammar_is_one_llama_cpp_accepts(labels):
+    import llama_cpp
+
+    from tunelab.export.gguf import label_grammar
+
+    assert llama_cpp.LlamaGrammar.from_string(label_grammar(labels), verbose=False) is not None

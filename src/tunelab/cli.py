@@ -106,8 +106,11 @@ def run(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
     format_: Annotated[str, typer.Option("--format", "-f", help="merged: full weights for transformers, checked "
-                                         "against eval/predictions.jsonl; vllm: adapter or weights and serve.sh "
-                                         "for `vllm serve` on a GPU.")] = "merged",
+                                         "against eval/predictions.jsonl; gguf: llama.cpp file(s), checked by "
+                                         "llama.cpp; vllm: adapter or weights and serve.sh for `vllm serve` on a "
+                                         "GPU.")] = "merged",
+    quant: Annotated[str, typer.Option("--quant", "-q", help="gguf only: f16 (always written and checked), "
+                                       "q8_0 or q4_k_m (written beside it, agreement rate measured).")] = "f16",
     set_: SetOption = None,
 ):
     """Export the tuned model for an inference engine into RUN_DIR/export/FORMAT/.
@@ -117,12 +120,16 @@ def export(
     the answers must be those of eval/predictions.jsonl. `vllm` writes the adapter (served on the
     base by its Hub id; `--set model.hub_id=OWNER/NAME` for a local base, else full weights), a
     serve.sh for `vllm serve`, labels.json for answers restricted to the labels, and a README.
+    `gguf` converts the merged weights with llama.cpp's own converter (chat template and end-of-turn
+    token in the metadata), asks the f16 file the same prompts through llama.cpp (answers restricted
+    to the labels by a grammar) and, with `--quant q8_0|q4_k_m`, quantizes it and measures how many
+    test answers the quantized file keeps, e.g. `tunelab export runs/demo -f gguf -q q8_0`.
     Each folder holds an export.json saying what it is and how it was checked.
     """
     from tunelab.pipeline import export_run
 
     try:
-        result = export_run(run_dir, format_, set_ or [])
+        result = export_run(run_dir, format_, set_ or [], quant)
     except TunelabError as error:
         _fail(error)
     checked = result["verified"]

@@ -181,11 +181,11 @@ def compare_decodings(run_dir: Path, data_file: str | None, overrides: list[str]
     return table
 
 
-def export_run(run_dir: Path, fmt: str, overrides: list[str]) -> dict[str, Any]:
+def export_run(run_dir: Path, fmt: str, overrides: list[str], quant: str = "f16") -> dict[str, Any]:
     """`tunelab export`: the tuned model for an inference engine, in RUN_DIR/export/FORMAT/."""
     from tunelab.export import export
 
-    return export(config_from_run_dir(run_dir, overrides), RunDir(run_dir), fmt)
+    return export(config_from_run_dir(run_dir, overrides), RunDir(run_dir), fmt, quant)
 
 
 def serve_app(run_dir: Path, overrides: list[str]):

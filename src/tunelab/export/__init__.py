@@ -3,7 +3,9 @@
 `merged`: the adapter folded into full weights with the run's tokenizer and chat template, loadable
 with plain `AutoModelForCausalLM`; verified by asking it the evaluation's first test prompts, which
 must get exactly the answers of eval/predictions.jsonl. `vllm`: the adapter (or merged weights) and
-a launch script for `vllm serve` on a GPU machine; written and documented, not run here.
+a launch script for `vllm serve` on a GPU machine; written and documented, not run here. `gguf`:
+llama.cpp's converter and quantizer, the f16 file checked by llama.cpp against eval/predictions.jsonl,
+a quantized one's agreement rate on the test split measured.
 Each export lands in RUN_DIR/export/FORMAT/ with an export.json saying what it is and how it was
 checked.
 """
@@ -16,10 +18,10 @@ from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir
 
-FORMATS = ("merged", "vllm")
+FORMATS = ("merged", "gguf", "vllm")
 
 
-def export(config: TunelabConfig, run_dir: RunDir, fmt: str) -> dict[str, Any]:
+def export(config: TunelabConfig, run_dir: RunDir, fmt: str, quant: str = "f16") -> dict[str, Any]:
     """Write RUN_DIR/export/FMT/ and return its export.json."""
     if fmt not in FORMATS:
         raise TunelabError(f"--format {fmt}: not an export format (formats: {', '.join(FORMATS)})")
@@ -29,6 +31,10 @@ def export(config: TunelabConfig, run_dir: RunDir, fmt: str) -> dict[str, Any]:
         from tunelab.export.merged import export_merged
 
         return export_merged(config, run_dir)
+    if fmt == "gguf":
+        from tunelab.export.gguf import export_gguf
+
+        return export_gguf(config, run_dir, quant)
     from tunelab.export.vllm import export_vllm
 
     return export_vllm(config, run_dir)

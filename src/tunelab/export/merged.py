@@ -15,16 +15,21 @@ from tunelab.rundir import RunDir, staged_directory, write_json
 log = logging.getLogger(__name__)
 
 
+def write_merged_weights(config: TunelabConfig, run_dir: RunDir, folder) -> None:
+    """The tuned model as one full-weight model directory with its tokenizer (LoRA folded in)."""
+    if config.train.method == "full":
+        copy_present(MODEL_FILES, run_dir.model, folder)
+    else:
+        save_merged(config.model, run_dir.model, folder)
+
+
 def export_merged(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     destination = run_dir.export("merged")
     examples, predictions = recorded_answers(config, run_dir, config.publish.verify_prompts, "verify the export")
     with staged_directory(destination) as folder:
-        if config.train.method == "full":
-            copy_present(MODEL_FILES, run_dir.model, folder)
-        else:
-            save_merged(config.model, run_dir.model, folder)
+        write_merged_weights(config, run_dir, folder)
         model = AutoModelForCausalLM.from_pretrained(folder)
         answers = replayed_answers(model, AutoTokenizer.from_pretrained(folder), config, run_dir, examples, "merged")
         changed = first_difference(predictions, answers)
