@@ -112,3 +112,33 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct (the packaged GGUF, offline) tuned for 12 steps on 3 labels and evaluated: a
+    real tokenizer that llama.cpp's converter knows, confident answers that survive f16 rounding."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("smollm2")
+    csv_path = write_csv(folder / "symptoms.csv", make_label_rows(per_label=12))
+    config = write_config(folder, {"source": str(csv_path)}, "smollm2-135m-instruct",
+                          train={"max_steps": 12, "learning_rate": 1e-3, "save_steps": 100},
+                          evaluate={"compare_base": False}, publish={"verify_prompts": 4})
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_run):
+    """smollm2_run after `tunelab export -f gguf -q q8_0`: (the run directory, the command's result)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(smollm2_run), "--format", "gguf",
+                           "--quant", "q8_0"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return smollm2_run, done

@@ -185,3 +185,40 @@ def test_fuzzed_requests_never_get_a_server_error(served, body, route, raw):
     if response.status_code >= 400:
         assert "error" in response.json() or "detail" in response.json()
     assert httpx.get(f"{served}/health", timeout=10).status_code == 200
+
+
+def test_the_gguf_export_is_served_by_llama_cpp_with_the_evaluated_answers(smollm2_gguf):
+    """serve.engine auto picks llama.cpp once the run has a GGUF export: the openai client gets the label
+    the evaluation recorded, plain and streamed, and 20 concurrent requests are all answered."""
+    from openai import OpenAI
+
+    from tunelab.rundir import read_jsonl
+    from tunelab.serve.engine import LlamaCppEngine
+
+    run, _ = smollm2_gguf
+    assert isinstance(_engine_of(run, []), LlamaCppEngine)
+    assert type(_engine_of(run, ["serve.engine=transformers"])).__name__ == "TransformersEngine"
+    predictions = read_jsonl(run / "eval" / "predictions.jsonl")
+    with running(run, "serve.gguf=q8_0") as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for row in predictions[:3]:
+            messages = [{"role": "user", "content": row["input"]}]
+            answer = client.chat.completions.create(model="run", messages=messages)
+            assert answer.choices[0].message.content == row["tuned_answer"]
+            pieces = [chunk.choices[0].delta.content or "" for chunk in
+                      client.chat.completions.create(model="run", messages=messages, stream=True)]
+            assert "".join(pieces).strip() == row["tuned_answer"]
+
+        def ask(number: int) -> int:
+            return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "run", "messages": [{"role": "user", "content": f"Case {number}: itchy red patches."}]
+            }).status_code
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            assert set(pool.map(ask, range(20))) == {200}
+
+
+def _engine_of(run, overrides):
+    """The engine `tunelab serve` would answer with."""
+    app, _ = serve_app(run, overrides)
+    return app.state.engine

@@ -327,6 +327,13 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, lt=65536, description="Port; AIP_HTTP_PORT wins when set (Vertex AI).")
     max_waiting: int = Field(32, ge=0, description="Requests that may wait for the model; more get HTTP 503.")
     max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for.")
+    engine: Literal["auto", "transformers", "llama.cpp"] = Field(
+        "auto", description="llama.cpp: a GGUF file of RUN_DIR/export/gguf/ (tunelab export -f gguf); transformers: "
+        "the run's model as evaluated; auto: llama.cpp when installed and the run has a GGUF export, else "
+        "transformers.")
+    gguf: Literal["auto", "f16", "q8_0", "q4_k_m"] = Field("auto", description="Which exported GGUF llama.cpp serves; "
+                                                          "auto: the smallest.")
+    context: int = Field(4096, gt=0, description="llama.cpp's context in tokens (at most the model's).")
 
 
 class TunelabConfig(Section):

@@ -189,12 +189,27 @@ def export_run(run_dir: Path, fmt: str, overrides: list[str], quant: str = "f16"
 
 
 def serve_app(run_dir: Path, overrides: list[str]):
-    """The HTTP app for a run's tuned model, and the settings to serve it with."""
+    """The HTTP app for a run's tuned model, and the settings to serve it with. The engine: llama.cpp on the
+    run's GGUF export when asked, or (auto) when llama.cpp is installed and the export exists."""
+    import importlib.util
+
     from tunelab.serve.app import create_app
-    from tunelab.serve.engine import TransformersEngine
+    from tunelab.serve.engine import LlamaCppEngine, TransformersEngine, exported_gguf
 
     config = config_from_run_dir(run_dir, overrides)
-    return create_app(TransformersEngine(config, RunDir(run_dir)), Path(run_dir).resolve().name), config.serve
+    run = RunDir(run_dir)
+    engine_name = config.serve.engine
+    gguf = exported_gguf(run, config.serve.gguf) if engine_name != "transformers" else None
+    if engine_name == "llama.cpp" and gguf is None:
+        raise TunelabError(f"serve.engine llama.cpp: {run.root} has no GGUF export (tunelab export {run.root} -f gguf "
+                           "-q q8_0)")
+    if gguf is not None and (engine_name == "llama.cpp" or importlib.util.find_spec("llama_cpp")):
+        engine = LlamaCppEngine(config, run, gguf)
+        log.info("serving %s with llama.cpp", gguf)
+    else:
+        engine = TransformersEngine(config, run)
+        log.info("serving %s with transformers", run.model)
+    return create_app(engine, Path(run_dir).resolve().name), config.serve
 
 
 def publish_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:

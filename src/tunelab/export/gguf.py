@@ -30,6 +30,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.replay import recorded_answers
 from tunelab.evaluate.scoring import extract_answer
 from tunelab.export.merged import write_merged_weights
+from tunelab.model.llama_cpp import compiled_grammar, llama_cpp_module, open_gguf
 from tunelab.model.source import base_model_name
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
@@ -51,23 +52,6 @@ def converter_script() -> Path:
                        f"{CONVERTER_ENV} to a llama.cpp checkout")
 
 
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise TunelabError("GGUF export needs llama-cpp-python: run `make llama-cpp` (builds it from source)") from None
-    logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # llama.cpp's own info lines (quantizer)
-    return llama_cpp
-
-
-def label_grammar(labels: list[str]) -> str:
-    """A GBNF grammar whose only sentences are the labels: llama.cpp then answers with one of them."""
-    def literal(label: str) -> str:
-        return '"' + label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-    return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
-
-
 def convert(hf_folder: Path, outfile: Path) -> None:
     done = subprocess.run([sys.executable, str(converter_script()), str(hf_folder), "--outfile", str(outfile),
                            "--outtype", "f16"], capture_output=True, text=True)
@@ -77,7 +61,7 @@ def convert(hf_folder: Path, outfile: Path) -> None:
 
 
 def quantize(source: Path, destination: Path, quant: str) -> None:
-    llama_cpp = _llama_cpp()
+    llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
     if llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params)):
@@ -103,12 +87,10 @@ def gguf_answers(path: Path, tokenizer, examples: list[dict[str, Any]], labels: 
                  max_new_tokens: int, threads: int | None, label: str) -> list[str]:
     """llama.cpp's greedy answers to the examples' prompts, rendered by the run's own chat template
     (token for token the evaluation's prompts), under the label grammar when answers are labels."""
-    llama_cpp = _llama_cpp()
     prompts = [tokenizer(render_prompt(tokenizer, prompt_messages(e)), add_special_tokens=False)["input_ids"]
                for e in examples]
-    model = llama_cpp.Llama(str(path), n_ctx=max(map(len, prompts)) + max_new_tokens + 8, n_threads=threads,
-                            n_batch=512, verbose=False, seed=0)
-    grammar = llama_cpp.LlamaGrammar.from_string(label_grammar(labels), verbose=False) if labels else None
+    model = open_gguf(path, max(map(len, prompts)) + max_new_tokens + 8, threads)
+    grammar = compiled_grammar(labels)
     answers = []
     with progress_bar() as shown:
         task = shown.add_task(f"asking the GGUF ({label})", total=len(prompts))
@@ -116,7 +98,6 @@ def gguf_answers(path: Path, tokenizer, examples: list[dict[str, Any]], labels: 
             done = model.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
                                            grammar=grammar)
             answers.append(extract_answer(done["choices"][0]["text"]))
-            model.reset()
             shown.advance(task)
     return answers
 
@@ -127,7 +108,7 @@ def export_gguf(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str,
     if quant not in QUANTS:
         raise TunelabError(f"--quant {quant}: not a GGUF type tunelab writes (types: {', '.join(QUANTS)})")
     converter_script()
-    _llama_cpp()
+    llama_cpp_module()
     examples, predictions = recorded_answers(config, run_dir, config.publish.verify_prompts, "verify the export")
     metrics = json.loads((run_dir.eval / "metrics.json").read_text())
     destination = run_dir.export("gguf")
@@ -174,7 +155,7 @@ def export_gguf(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str,
                          "chat_template_in_metadata": header["chat_template"] == tokenizer.chat_template,
                          "eos_token": tokenizer.convert_ids_to_tokens(int(header["eos_token_id"]))},
             "answers": "constrained by a llama.cpp grammar of the labels" if labels else "free",
-            "verified": {"engine": f"llama.cpp (llama-cpp-python {_llama_cpp().__version__})",
+            "verified": {"engine": f"llama.cpp (llama-cpp-python {llama_cpp_module().__version__})",
                          "prompts": len(answers), "same_answers_as_eval": len(answers), "agreement": agreement},
             "load": "llama_cpp.Llama(FILE) / llama-server -m FILE / ollama create -f Modelfile",
         }

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from tunelab.serve.engine import TransformersEngine
+from tunelab.serve.engine import Engine
 
 
 class Message(BaseModel):
@@ -51,9 +51,10 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def create_app(engine: TransformersEngine, name: str) -> FastAPI:
+def create_app(engine: Engine, name: str) -> FastAPI:
     settings = engine.config.serve
     app = FastAPI(title=f"tunelab: {name}")
+    app.state.engine = engine  # which engine answers (tests and logs ask)
     waiting = {"count": 0}
 
     @app.exception_handler(Refused)
@@ -152,7 +153,7 @@ def create_app(engine: TransformersEngine, name: str) -> FastAPI:
     return app
 
 
-async def _events(engine: TransformersEngine, messages, max_tokens, reply: dict[str, Any], waiting: dict[str, int]):
+async def _events(engine: Engine, messages, max_tokens, reply: dict[str, Any], waiting: dict[str, int]):
     """Server-sent events as OpenAI streams them: the role, content pieces, the stop, then [DONE]."""
     waiting["count"] += 1
     try:

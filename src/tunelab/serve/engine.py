@@ -1,16 +1,22 @@
-"""The model a server answers with: the run's tuned model through transformers, one request at a time."""
+"""The model a server answers with, one request at a time: the run's tuned model through transformers, or
+its GGUF export through llama.cpp (several times faster on a CPU). Both render prompts with the run's
+chat template and answer label tasks with a label, as the evaluation did."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import TunelabConfig
-from tunelab.data.chat import render_prompt
+from tunelab.data.chat import answer_budget, opens_thinking, render_prompt
 from tunelab.data.labels import known_labels
+from tunelab.errors import TunelabError
 from tunelab.evaluate.generation import generate_answers, label_constraint
 from tunelab.model.adapters import load_tuned
+from tunelab.model.llama_cpp import compiled_grammar, open_gguf
 from tunelab.rundir import RunDir
 
 
@@ -55,3 +61,73 @@ class TransformersEngine:
             raise
         finally:
             self.lock.release()
+
+
+class LlamaCppEngine:
+    """A GGUF file of RUN_DIR/export/gguf/ through llama.cpp: greedy (or sampled) answers, labels under a
+    grammar, the run's tokenizer rendering the prompt."""
+
+    def __init__(self, config: TunelabConfig, run_dir: RunDir, gguf: Path):
+        from transformers import AutoTokenizer
+
+        decoding = config.evaluate.decoding
+        if decoding.strategy == "beam":
+            raise TunelabError("serve.engine llama.cpp decodes greedy or by sampling; evaluate.decoding beam needs "
+                               "serve.engine transformers")
+        self.config, self.gguf = config, gguf
+        self.tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
+        self.labels = known_labels(run_dir, []) if config.data.label_column else []
+        constrained = self.labels and config.evaluate.constrain_to_labels and not opens_thinking(self.tokenizer)
+        self.grammar = compiled_grammar(self.labels if constrained else None)
+        self.budget = answer_budget(self.tokenizer, config.evaluate.max_new_tokens)
+        if self.grammar is not None:
+            self.budget = max(self.budget, *(len(self.tokenizer(label)["input_ids"]) + 1 for label in self.labels))
+        self.context = min(config.serve.context, _trained_context(gguf))
+        self.llama = open_gguf(gguf, self.context, config.train.num_threads)
+        self.sampling = ({"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed}
+                         if decoding.strategy == "sampling" else {"temperature": 0.0, "top_k": 1})
+        self.lock = threading.Lock()  # one llama.cpp context: one sequence at a time
+
+    def _prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self._prompt(messages))
+
+    def _completion(self, messages, max_tokens: int | None, stream: bool):
+        return self.llama.create_completion(self._prompt(messages), max_tokens=max_tokens or self.budget,
+                                            grammar=self.grammar, stream=stream, **self.sampling)
+
+    def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
+        with self.lock:
+            return self._completion(messages, max_tokens, stream=False)["choices"][0]["text"].strip()
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
+        with self.lock:
+            for chunk in self._completion(messages, max_tokens, stream=True):
+                yield chunk["choices"][0]["text"]
+
+
+def _trained_context(gguf: Path) -> int:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    architecture = fields["general.architecture"].contents()
+    return int(fields[f"{architecture}.context_length"].contents())
+
+
+def exported_gguf(run_dir: RunDir, quant: str) -> Path | None:
+    """The GGUF file of RUN_DIR/export/gguf/ to serve: `quant`, or (auto) the smallest one exported."""
+    record_path = run_dir.export("gguf") / "export.json"
+    if not record_path.is_file():
+        return None
+    files = json.loads(record_path.read_text())["files"]
+    if quant != "auto":
+        if quant not in files:
+            raise TunelabError(f"serve.gguf {quant}: {record_path.parent} holds {', '.join(files)} "
+                               f"(tunelab export {run_dir.root} -f gguf -q {quant})")
+        return record_path.parent / files[quant]["file"]
+    return record_path.parent / min(files.values(), key=lambda f: f["bytes"])["file"]
+
+
+Engine = TransformersEngine | LlamaCppEngine

@@ -1,0 +1,44 @@
+"""llama.cpp through llama-cpp-python: open a GGUF file and restrict answers to the labels by a grammar.
+
+Prompts are rendered by the run's own chat template and handed over as token ids, so llama.cpp reads
+token for token what transformers read in the evaluation; llama.cpp's grammar of the labels plays the
+part of the evaluation's token trie (it admits any tokenization of a label, the trie the canonical one).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+def llama_cpp_module():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise TunelabError("llama.cpp is not installed: run `make llama-cpp` (builds llama-cpp-python from source)"
+                           ) from None
+    # llama.cpp's info lines off (llama-cpp-python maps ggml's log levels one step too high: ERROR = its quiet)
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    return llama_cpp
+
+
+def open_gguf(path: Path, context: int, threads: int | None):
+    """A llama.cpp model for one sequence of up to `context` tokens, greedy by default."""
+    return llama_cpp_module().Llama(str(path), n_ctx=context, n_threads=threads, n_batch=512, verbose=False, seed=0)
+
+
+def label_grammar(labels: list[str]) -> str:
+    """A GBNF grammar whose only sentences are the labels: llama.cpp then answers with one of them."""
+    def literal(label: str) -> str:
+        return '"' + label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
+
+
+def compiled_grammar(labels: list[str] | None):
+    """llama.cpp's grammar object for the labels, or None (free answers)."""
+    if not labels:
+        return None
+    return llama_cpp_module().LlamaGrammar.from_string(label_grammar(labels), verbose=False)
