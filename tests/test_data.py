@@ -174,8 +174,11 @@ def test_labels_with_one_or_two_rows_are_split_without_losing_training_rows(tmp_
         assert abs(n - counts[label] * 0.2) <= 1, label
 
 
-def test_a_share_too_small_for_one_row_stops_with_the_setting_to_raise(tmp_path):
+def test_a_share_under_one_row_still_holds_one_out_and_one_row_labels_cannot(tmp_path):
     path = write_csv(tmp_path / "d.csv", _many_label_rows({"a": 10, "b": 10}))
     config = TunelabConfig(data=data_config(path, test_size=0.02), prepare={"dedup_threshold": None})
-    with pytest.raises(TunelabError, match=r"leave the test split \(0.02\) empty: raise data.test_size"):
-        build_splits(config)
+    assert len(build_splits(config).splits["test"]) == 1  # 0.02 x 20 rows rounds to none: one, not an error
+    path = write_csv(tmp_path / "d.csv", _many_label_rows({label: 1 for label in "abcdef"}))
+    with pytest.raises(TunelabError, match=r"leave the test split \(0.2\) empty: add rows \(a held-out split "
+                                           r"takes rows of labels with 2 or more"):
+        build_splits(TunelabConfig(data=data_config(path), prepare={"dedup_threshold": None}))

@@ -196,6 +196,26 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, tiny_
     assert "trial 0:" not in resumed.stderr
 
 
+def test_a_trial_killed_in_a_two_point_grid_is_rerun_as_its_grid_point(tmp_path, tiny_model_dir):
+    """The rerun carries the killed trial's grid point (as Optuna's own retry callback does): Optuna's grid
+    sampler reads it when the rerun ends with one point left."""
+    config_path = search_config(tmp_path, tiny_model_dir, space={"train.learning_rate": [1e-3, 1e-2]})
+    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 40"))
+    process = _search_process(config_path)
+    for line in process.stderr:
+        if "trial 0:" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    resumed = subprocess.run([sys.executable, "-m", "tunelab", "search", str(config_path)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = optuna.load_study(study_name="tunelab", storage=f"sqlite:///{tmp_path / 'run' / 'search' / 'study.db'}")
+    assert sorted(p["train.learning_rate"] for p in finished_params(study)) == [1e-3, 1e-2]
+    rerun = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(rerun) == 1 and rerun[0].system_attrs["grid_id"] == study.trials[0].system_attrs["grid_id"]
+
+
 @pytest.mark.parametrize("workers", [2])
 def test_workers_sharing_one_storage_split_the_grid(tmp_path, tiny_model_dir, workers):
     space = {"train.learning_rate": [1e-3, 3e-3, 1e-2], "train.lora.r": [4, 8]}

@@ -5,12 +5,13 @@ the split is stratified by label with a fixed seed so every label is tested in p
 
 Minimum data, checked before any training: at least 2 distinct rows after de-duplication; a
 held-out split (test unless `data.test_file` is given, validation when `data.validation_size` > 0)
-has the requested size, round(rows x share), never enlarged: each label gets its share to within
-one row, drawn from labels with two or more rows (a label with a single row is only trained on, and
-no label loses its last training row). A split that comes out empty stops the run with what to
-change; labels left without a held-out row (many labels, few rows) are named in a warning and the
-prepare report. Search needs the validation split; the TF-IDF baseline and vectors need nothing
-more (texts without words fall back to character n-grams).
+has the requested size, round(rows x share) and at least one row, never enlarged to a row per
+label: each label gets its share to within one row, drawn from labels with two or more rows (a
+label with a single row is only trained on, and no label loses its last training row). A split
+that comes out empty stops the run with what to change; labels left without a held-out row (many
+labels, few rows) are named in a warning and the prepare report. Search needs the validation
+split; the TF-IDF baseline and vectors need nothing more (texts without words fall back to
+character n-grams).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def drop_exact_duplicates(
 def stratified_split(
     examples: list[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split off round(`fraction` x rows) rows, stratified by label when rows have labels.
+    """Split off round(`fraction` x rows) rows (at least one), stratified by label when rows have labels.
 
     Labels with a single row cannot be in both parts; they stay on the first (training) side. With at
     least one held-out row per label, scikit-learn's stratified split draws them; with fewer (many
@@ -77,8 +78,8 @@ def stratified_split(
     counts = Counter(labels)
     splittable = [example for example in examples if counts[example["label"]] > 1]
     singletons = [example for example in examples if counts[example["label"]] == 1]
-    n_held = round(len(splittable) * fraction)
-    if n_held == 0 or n_held >= len(splittable):
+    n_held = max(round(len(splittable) * fraction), 1)  # a share under one row still holds one out
+    if n_held >= len(splittable):
         return list(examples), []
     if n_held >= len({e["label"] for e in splittable}):
         kept, held = train_test_split(
@@ -109,7 +110,7 @@ def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool:
     """A held-out split that came out empty is an error that says what to add or change."""
     if held or fraction <= 0:
         return
-    hints = [f"raise data.{part}_size or add rows (it takes round(share x rows) rows from labels with 2 or more)"]
+    hints = ["add rows (a held-out split takes rows of labels with 2 or more, and leaves each label one to train on)"]
     if near_removed:
         hints.append(f"set prepare.dedup_threshold: null (near-duplicate removal took {near_removed} rows)")
     if part == "validation":

@@ -293,7 +293,11 @@ def _retry_dead_local_trials(study: optuna.Study, run_dir: RunDir) -> None:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first and queued the retry
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        # As Optuna's RetryFailedTrialCallback: the system attributes (the grid point) travel with the
+        # retry, so the grid sampler counts it as that point; the dead worker's user attributes do not.
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={"retry_of": trial.number}, system_attrs={**trial.system_attrs, "failed_trial": trial.number}))
         shutil.rmtree(trial_folder(run_dir, trial.number).root, ignore_errors=True)
         log.info("trial %d was interrupted (worker %s is gone): it runs again", trial.number, worker)
 
