@@ -120,3 +120,28 @@ def test_the_label_grammar_is_one_llama_cpp_accepts(labels):
     from tunelab.model.llama_cpp import label_grammar
 
     assert llama_cpp.LlamaGrammar.from_string(label_grammar(labels), verbose=False) is not None
+
+
+def test_ollama_export_has_the_gguf_and_a_modelfile_whose_template_renders_the_run_s_prompts(smollm2_gguf):
+    from transformers import AutoTokenizer
+
+    from tunelab.data.chat import render_prompt
+    from tunelab.export.ollama import CHATML_TEMPLATE, chatml_prompt
+
+    run, _ = smollm2_gguf
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "ollama"])
+    assert result.exit_code == 0, result.output
+    folder = run / "export" / "ollama"
+    modelfile = (folder / "Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in modelfile and (folder / "model-q8_0.gguf").stat().st_size > 10**8
+    assert f'TEMPLATE """{CHATML_TEMPLATE}"""' in modelfile
+    assert 'SYSTEM """Name the diagnosis."""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "PARAMETER temperature 0" in modelfile
+    # the template Ollama will use renders what the evaluation rendered, for a real test prompt
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    messages = [{"role": "system", "content": "Name the diagnosis."},
+                {"role": "user", "content": json.loads((run / "data" / "test.jsonl").read_text().splitlines()[0])
+                 ["messages"][-2]["content"]}]
+    assert chatml_prompt(messages) == render_prompt(tokenizer, messages)
+    assert json.loads((folder / "labels.json").read_text()) == ["Eczema", "Flu", "Migraine"]
+    assert "ollama create run -f Modelfile" in (folder / "README.md").read_text()

@@ -107,10 +107,11 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained and evaluated model.")],
     format_: Annotated[str, typer.Option("--format", "-f", help="merged: full weights for transformers, checked "
                                          "against eval/predictions.jsonl; gguf: llama.cpp file(s), checked by "
-                                         "llama.cpp; vllm: adapter or weights and serve.sh for `vllm serve` on a "
-                                         "GPU.")] = "merged",
-    quant: Annotated[str, typer.Option("--quant", "-q", help="gguf only: f16 (always written and checked), "
-                                       "q8_0 or q4_k_m (written beside it, agreement rate measured).")] = "f16",
+                                         "llama.cpp; ollama: a GGUF and a Modelfile; vllm: adapter or weights and "
+                                         "serve.sh for `vllm serve` on a GPU.")] = "merged",
+    quant: Annotated[str | None, typer.Option("--quant", "-q", help="gguf: f16 (default; always written and "
+                                              "checked), q8_0 or q4_k_m (written beside it, agreement rate "
+                                              "measured); ollama: the file Ollama runs (default q8_0).")] = None,
     set_: SetOption = None,
 ):
     """Export the tuned model for an inference engine into RUN_DIR/export/FORMAT/.

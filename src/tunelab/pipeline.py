@@ -181,7 +181,7 @@ def compare_decodings(run_dir: Path, data_file: str | None, overrides: list[str]
     return table
 
 
-def export_run(run_dir: Path, fmt: str, overrides: list[str], quant: str = "f16") -> dict[str, Any]:
+def export_run(run_dir: Path, fmt: str, overrides: list[str], quant: str | None = None) -> dict[str, Any]:
     """`tunelab export`: the tuned model for an inference engine, in RUN_DIR/export/FORMAT/."""
     from tunelab.export import export
 

@@ -8,6 +8,7 @@ part of the evaluation's token trie (it admits any tokenization of a label, the 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -25,8 +26,11 @@ def llama_cpp_module():
 
 
 def open_gguf(path: Path, context: int, threads: int | None):
-    """A llama.cpp model for one sequence of up to `context` tokens, greedy by default."""
-    return llama_cpp_module().Llama(str(path), n_ctx=context, n_threads=threads, n_batch=512, verbose=False, seed=0)
+    """A llama.cpp model for one sequence of up to `context` tokens, on `threads` (default: every core, as
+    torch uses; llama-cpp-python's own default is half of them)."""
+    threads = threads or os.cpu_count() or 1
+    return llama_cpp_module().Llama(str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                                    n_batch=512, verbose=False, seed=0)
 
 
 def label_grammar(labels: list[str]) -> str:
