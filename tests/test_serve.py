@@ -222,3 +222,34 @@ def _engine_of(run, overrides):
     """The engine `tunelab serve` would answer with."""
     app, _ = serve_app(run, overrides)
     return app.state.engine
+
+
+def test_the_container_export_serves_its_run_copy_under_vertex_ai_variables(smollm2_gguf):
+    """Docker is not here: the build context's files are checked, and its served copy of the run (no
+    training data) answers Vertex AI's predict contract when started as the container's CMD would."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.rundir import read_jsonl
+
+    run, _ = smollm2_gguf
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "container"])
+    assert result.exit_code == 0, result.output
+    context = run / "export" / "container"
+    dockerfile = (context / "Dockerfile").read_text()
+    assert 'CMD ["tunelab", "serve", "/srv/run"]' in dockerfile and "llama-cpp-python==0.3.36" in dockerfile
+    assert (context / "tunelab" / "pyproject.toml").is_file() and (context / "tunelab" / "src" / "tunelab" /
+                                                                    "cli.py").is_file()
+    readme = (context / "README.md").read_text()
+    assert "gcloud ai models upload" in readme and "--container-predict-route=/predict" in readme
+    copy = context / "run"
+    assert not (copy / "data").exists() and not (copy / "model" / "adapter_model.safetensors").exists()
+    assert json.loads((copy / "labels.json").read_text()) == ["Eczema", "Flu", "Migraine"]
+    row = read_jsonl(run / "eval" / "predictions.jsonl")[0]
+    routes = {"AIP_HTTP_PORT": "8080", "AIP_HEALTH_ROUTE": "/v1/endpoints/e/health",
+              "AIP_PREDICT_ROUTE": "/v1/endpoints/e/predict"}
+    with running(copy, environ=routes) as url:
+        assert httpx.get(f"{url}/v1/endpoints/e/health", timeout=30).status_code == 200
+        answer = httpx.post(f"{url}/v1/endpoints/e/predict", timeout=120,
+                            json={"instances": [{"prompt": row["input"]}], "parameters": {}})
+        assert answer.json() == {"predictions": [{"content": row["tuned_answer"]}]}

@@ -108,10 +108,11 @@ def export(
     format_: Annotated[str, typer.Option("--format", "-f", help="merged: full weights for transformers, checked "
                                          "against eval/predictions.jsonl; gguf: llama.cpp file(s), checked by "
                                          "llama.cpp; ollama: a GGUF and a Modelfile; vllm: adapter or weights and "
-                                         "serve.sh for `vllm serve` on a GPU.")] = "merged",
+                                         "serve.sh for `vllm serve` on a GPU; container: a Docker build context "
+                                         "for Vertex AI or any host.")] = "merged",
     quant: Annotated[str | None, typer.Option("--quant", "-q", help="gguf: f16 (default; always written and "
                                               "checked), q8_0 or q4_k_m (written beside it, agreement rate "
-                                              "measured); ollama: the file Ollama runs (default q8_0).")] = None,
+                                              "measured); ollama, container: the file served (default q8_0).")] = None,
     set_: SetOption = None,
 ):
     """Export the tuned model for an inference engine into RUN_DIR/export/FORMAT/.

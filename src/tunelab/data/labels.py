@@ -8,6 +8,7 @@ is merged with `data.label_map`.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Iterable
@@ -67,7 +68,16 @@ def similar_labels(counts: dict[str, int]) -> list[dict[str, Any]]:
     return sorted(pairs, key=lambda pair: pair["rows"][0])
 
 
+LABELS_FILE = "labels.json"  # a served copy of a run (a container) carries its labels instead of its data
+
+
 def known_labels(run_dir: RunDir, examples: list[dict[str, Any]]) -> list[str]:
-    """Labels seen in training (the model's vocabulary of answers) plus any in the scored data."""
-    train = read_jsonl(run_dir.split("train")) if run_dir.split("train").exists() else []
+    """Labels seen in training (the model's vocabulary of answers) plus any in the scored data; a copy
+    without data/ reads them from labels.json."""
+    if run_dir.split("train").exists():
+        train = read_jsonl(run_dir.split("train"))
+    elif (run_dir.root / LABELS_FILE).is_file():
+        train = [{"label": label} for label in json.loads((run_dir.root / LABELS_FILE).read_text())]
+    else:
+        train = []
     return sorted({e["label"] for e in train + examples if "label" in e})

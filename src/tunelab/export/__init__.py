@@ -7,6 +7,8 @@ a launch script for `vllm serve` on a GPU machine; written and documented, not r
 llama.cpp's converter and quantizer, the f16 file checked by llama.cpp against eval/predictions.jsonl,
 a quantized one's agreement rate on the test split measured. `ollama`: a GGUF file (q8_0 unless
 asked otherwise) and a Modelfile whose ChatML template is checked against the run's own.
+`container`: a Docker build context serving a copy of the run (no training data) on llama.cpp, with
+the `gcloud ai` commands for a Vertex AI endpoint.
 Each export lands in RUN_DIR/export/FORMAT/ with an export.json saying what it is and how it was
 checked.
 """
@@ -19,7 +21,7 @@ from tunelab.config import TunelabConfig
 from tunelab.errors import TunelabError
 from tunelab.rundir import RunDir
 
-FORMATS = ("merged", "gguf", "ollama", "vllm")
+FORMATS = ("merged", "gguf", "ollama", "vllm", "container")
 
 
 def export(config: TunelabConfig, run_dir: RunDir, fmt: str, quant: str | None = None) -> dict[str, Any]:
@@ -41,6 +43,10 @@ def export(config: TunelabConfig, run_dir: RunDir, fmt: str, quant: str | None =
         from tunelab.export.ollama import export_ollama
 
         return export_ollama(config, run_dir, quant or "q8_0")
+    if fmt == "container":
+        from tunelab.export.container import export_container
+
+        return export_container(config, run_dir, quant or "q8_0")
     from tunelab.export.vllm import export_vllm
 
     return export_vllm(config, run_dir)
