@@ -155,7 +155,9 @@ def serve(
     run directory's name. Label tasks answer with one of the labels, as in the evaluation. One request
     is generated at a time; beyond `serve.max_waiting` waiting requests the answer is 503, and every
     bad request (bad JSON, unknown model, prompt over the context, max_tokens over serve.max_tokens)
-    gets a 4xx JSON error while the server keeps serving.
+    gets a 4xx JSON error while the server keeps serving. The engine: llama.cpp on the run's GGUF
+    export when there is one (`tunelab export RUN -f gguf -q q8_0`; several times faster on a CPU),
+    else transformers; `--set serve.engine=transformers` or `--set serve.gguf=f16` to choose.
     """
     import uvicorn
 
