@@ -26,7 +26,7 @@ ALLOWED = {
     # An export is checked the way a push is: the exported copy must give the evaluation's answers.
     "export": STAGE_BASE | {"evaluate.replay", "evaluate.scoring"},
     # The server answers as the evaluation does: its generation and label constraint.
-    "serve": STAGE_BASE | {"evaluate.generation"},
+    "serve": STAGE_BASE | {"evaluate.generation", "evaluate.constrain", "evaluate.label_scores"},
     "report": {"rundir", "data.prepare", "evaluate.scoring"},
     "demo": set(),
     "pipeline": STAGE_BASE | {"train", "evaluate", "search", "publish", "export", "serve", "report"},

@@ -253,3 +253,30 @@ def test_the_container_export_serves_its_run_copy_under_vertex_ai_variables(smol
         answer = httpx.post(f"{url}/v1/endpoints/e/predict", timeout=120,
                             json={"instances": [{"prompt": row["input"]}], "parameters": {}})
         assert answer.json() == {"predictions": [{"content": row["tuned_answer"]}]}
+
+
+def test_label_probabilities_on_request_from_both_engines_agree(smollm2_gguf):
+    """`label_probabilities: true` (and Vertex's parameter of the same name) adds every label's
+    probability, most probable first; transformers and llama.cpp (f16) compute the same distribution."""
+    from tunelab.rundir import read_jsonl
+
+    run, _ = smollm2_gguf
+    row = read_jsonl(run / "eval" / "predictions.jsonl")[0]
+    body = {"model": "run", "messages": [{"role": "user", "content": row["input"]}], "label_probabilities": True}
+    distributions = {}
+    for engine in ("transformers", "llama.cpp"):
+        with running(run, f"serve.engine={engine}", "serve.gguf=f16") as url:
+            choice = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()["choices"][0]
+            ranked = choice["label_probabilities"]
+            assert [r["label"] for r in ranked][0] == choice["message"]["content"] == row["tuned_answer"]
+            assert sorted(r["label"] for r in ranked) == ["Eczema", "Flu", "Migraine"]
+            assert sum(r["probability"] for r in ranked) == pytest.approx(1, abs=1e-4)
+            assert [r["probability"] for r in ranked] == sorted((r["probability"] for r in ranked), reverse=True)
+            distributions[engine] = {r["label"]: r["probability"] for r in ranked}
+            vertex = httpx.post(f"{url}/predict", timeout=120, json={
+                "instances": [{"prompt": row["input"]}], "parameters": {"label_probabilities": True}}).json()
+            assert vertex["predictions"][0]["label_probabilities"] == ranked
+            refused = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+            assert refused.status_code == 400 and "not with stream" in refused.json()["error"]["message"]
+    for label, probability in distributions["transformers"].items():
+        assert distributions["llama.cpp"][label] == pytest.approx(probability, abs=0.02), label

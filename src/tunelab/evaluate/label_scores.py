@@ -9,6 +9,7 @@ accuracy, expected calibration error, a reliability plot, and the top labels per
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -17,20 +18,21 @@ import torch
 from tunelab.data.chat import render_prompt
 from tunelab.data.examples import prompt_messages
 from tunelab.evaluate.constrain import label_completion_ids
-from tunelab.progress import progress_bar
+from tunelab.progress import SilentProgress, progress_bar
 
 CALIBRATION_BINS = 10
 
 
 @torch.no_grad()
 def label_log_likelihoods(model, tokenizer, examples: list[dict[str, Any]], labels: list[str],
-                          system_prompt: str | None, labels_per_pass: int = 64) -> np.ndarray:
-    """(examples, labels) total log-probability of each label's completion after each prompt."""
+                          system_prompt: str | None, labels_per_pass: int = 64, progress: bool = True) -> np.ndarray:
+    """(examples, labels) total log-probability of each label's completion after each prompt (`progress`
+    off for a single request)."""
     completions = label_completion_ids(tokenizer, labels, system_prompt)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = np.zeros((len(examples), len(labels)), dtype=np.float64)
-    with progress_bar() as progress:
+    with progress_bar() if progress else nullcontext(SilentProgress()) as progress:
         task = progress.add_task("scoring every label", total=len(examples))
         for row, example in enumerate(examples):
             prompt = tokenizer(render_prompt(tokenizer, prompt_messages(example)), add_special_tokens=False,

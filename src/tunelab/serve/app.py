@@ -34,6 +34,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     temperature: float | None = None  # accepted; decoding follows the run's evaluate.decoding
+    label_probabilities: bool = False  # tunelab's extension: every label's probability beside the answer
 
 
 class VertexRequest(BaseModel):
@@ -101,6 +102,17 @@ def create_app(engine: Engine, name: str) -> FastAPI:
         finally:
             waiting["count"] -= 1
 
+    async def probabilities(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+        if not engine.labels:
+            raise Refused(400, "label_probabilities: this run's task has no labels")
+        admit()
+        waiting["count"] += 1
+        try:
+            ranked = await run_in_threadpool(engine.label_probabilities, messages)
+        finally:
+            waiting["count"] -= 1
+        return [{"label": label, "probability": round(probability, 6)} for label, probability in ranked]
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": name}
@@ -118,11 +130,14 @@ def create_app(engine: Engine, name: str) -> FastAPI:
         max_tokens = request.max_completion_tokens or request.max_tokens
         checked(messages, max_tokens)
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+        if request.label_probabilities and request.stream:
+            raise Refused(400, "label_probabilities: not with stream (ask without stream)")
         if not request.stream:
             text = await answered(messages, max_tokens)
-            return {**reply, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}]}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if request.label_probabilities:
+                choice["label_probabilities"] = await probabilities(messages)
+            return {**reply, "object": "chat.completion", "choices": [choice]}
         admit()
         return StreamingResponse(_events(engine, messages, max_tokens, reply, waiting),
                                  media_type="text/event-stream")
@@ -147,7 +162,10 @@ def create_app(engine: Engine, name: str) -> FastAPI:
                 raise Refused(400, f"instances[{number - 1}]: give 'messages' (a chat) or 'prompt' (a text)")
             messages = with_system(messages)
             checked(messages, max_tokens)
-            predictions.append({"content": await answered(messages, max_tokens)})
+            prediction: dict[str, Any] = {"content": await answered(messages, max_tokens)}
+            if request.parameters.get("label_probabilities"):
+                prediction["label_probabilities"] = await probabilities(messages)
+            predictions.append(prediction)
         return {"predictions": predictions}
 
     return app

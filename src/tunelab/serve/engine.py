@@ -4,6 +4,7 @@ chat template and answer label tasks with a label, as the evaluation did."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from tunelab.config import TunelabConfig
 from tunelab.data.chat import answer_budget, opens_thinking, render_prompt
 from tunelab.data.labels import known_labels
 from tunelab.errors import TunelabError
+from tunelab.evaluate.constrain import label_completion_ids
 from tunelab.evaluate.generation import generate_answers, label_constraint
+from tunelab.evaluate.label_scores import label_distributions, label_log_likelihoods
 from tunelab.model.adapters import load_tuned
 from tunelab.model.llama_cpp import compiled_grammar, open_gguf
 from tunelab.rundir import RunDir
@@ -35,6 +38,13 @@ class TransformersEngine:
 
     def _example(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"messages": [*messages, {"role": "assistant", "content": ""}]}
+
+    def label_probabilities(self, messages: list[dict[str, str]]) -> list[tuple[str, float]]:
+        """Every label's probability for this prompt (its completion's likelihood, softmax over labels)."""
+        with self.lock:
+            scores = label_log_likelihoods(self.model, self.tokenizer, [self._example(messages)], self.labels,
+                                           self.config.data.system_prompt, progress=False)
+        return ranked(self.labels, scores)
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
         with self.lock:
@@ -102,10 +112,50 @@ class LlamaCppEngine:
         with self.lock:
             return self._completion(messages, max_tokens, stream=False)["choices"][0]["text"].strip()
 
+    def label_probabilities(self, messages: list[dict[str, str]]) -> list[tuple[str, float]]:
+        """As the transformers engine: each label's completion scored after the prompt, token by token on
+        llama.cpp's cache (rewound to the prompt for each label), softmax over the labels' totals."""
+        import numpy as np
+
+        completions = label_completion_ids(self.tokenizer, self.labels, self.config.data.system_prompt)
+        prompt = self._prompt(messages)
+        totals = np.zeros((1, len(self.labels)))
+        with self.lock:
+            self.llama.reset()
+            self.llama.eval(prompt)
+            after_prompt = self._last_log_probabilities()
+            for column, ids in enumerate(completions):
+                self.llama.n_tokens = len(prompt)  # rewind: the next eval overwrites what followed
+                total = after_prompt[ids[0]]
+                for previous, token in itertools.pairwise(ids):
+                    self.llama.eval([previous])
+                    total += self._last_log_probabilities()[token]
+                totals[0, column] = total
+            self.llama.reset()
+        return ranked(self.labels, totals)
+
+    def _last_log_probabilities(self):
+        """Log-softmax of the logits llama.cpp computed for the last evaluated token (llama-cpp-python
+        keeps no copy of them unless every position's logits are kept)."""
+        import numpy as np
+
+        from tunelab.model.llama_cpp import llama_cpp_module
+
+        pointer = llama_cpp_module().llama_get_logits_ith(self.llama.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab(),)).astype(np.float64)
+        shifted = logits - logits.max()
+        return shifted - np.log(np.exp(shifted).sum())
+
     def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
         with self.lock:
             for chunk in self._completion(messages, max_tokens, stream=True):
                 yield chunk["choices"][0]["text"]
+
+
+def ranked(labels: list[str], scores) -> list[tuple[str, float]]:
+    """(label, probability) pairs, most probable first."""
+    probabilities = label_distributions(scores)[0]
+    return sorted(zip(labels, map(float, probabilities), strict=True), key=lambda pair: -pair[1])
 
 
 def _trained_context(gguf: Path) -> int:
