@@ -68,7 +68,7 @@ def test_vllm_export_of_a_base_known_only_by_a_local_path_ships_full_weights(tra
 def test_an_unknown_format_is_one_line(trained_run):
     result = CliRunner().invoke(app, ["export", str(trained_run), "--format", "onnx"])
     assert result.exit_code == 2
-    assert "--format onnx: not an export format (formats: merged, gguf, vllm)" in result.output
+    assert "--format onnx: not an export format (formats: merged, gguf, ollama, vllm, container)" in result.output
 
 
 def test_gguf_export_is_checked_by_llama_cpp_and_carries_the_chat_template(smollm2_gguf):

@@ -172,15 +172,20 @@ def _search_process(config_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, tiny_model_dir):
-    config_path = search_config(tmp_path, tiny_model_dir)
-    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 40"))
+def _kill_when(config_path, logged: str) -> None:
+    """Start `tunelab search` and SIGKILL it when it logs `logged` (a trial's start)."""
     process = _search_process(config_path)
     for line in process.stderr:
-        if "trial 1:" in line:
+        if logged in line:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=60)
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(tmp_path, tiny_model_dir):
+    config_path = search_config(tmp_path, tiny_model_dir)
+    (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 40"))
+    _kill_when(config_path, "trial 1:")
     storage = f"sqlite:///{tmp_path / 'run' / 'search' / 'study.db'}"
     before = optuna.load_study(study_name="tunelab", storage=storage)
     assert [t.state for t in before.get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
@@ -201,12 +206,7 @@ def test_a_trial_killed_in_a_two_point_grid_is_rerun_as_its_grid_point(tmp_path,
     sampler reads it when the rerun ends with one point left."""
     config_path = search_config(tmp_path, tiny_model_dir, space={"train.learning_rate": [1e-3, 1e-2]})
     (tmp_path / "config.yaml").write_text(config_path.read_text().replace("max_steps: 6", "max_steps: 40"))
-    process = _search_process(config_path)
-    for line in process.stderr:
-        if "trial 0:" in line:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
+    _kill_when(config_path, "trial 0:")
     resumed = subprocess.run([sys.executable, "-m", "tunelab", "search", str(config_path)],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

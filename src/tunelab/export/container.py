@@ -9,9 +9,7 @@ checked by running the server from it (tests do so under Vertex AI's AIP_* varia
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import tunelab
 from tunelab.config import TunelabConfig, save_config
 from tunelab.data.labels import LABELS_FILE, known_labels
 from tunelab.errors import TunelabError
-from tunelab.export.gguf import export_gguf
+from tunelab.export.gguf import exported_file, place
 from tunelab.model.files import TOKENIZER_FILES, copy_present
 from tunelab.rundir import RunDir, staged_directory, write_json, write_text_atomic
 
@@ -42,38 +40,28 @@ def _tunelab_source(folder: Path) -> None:
     (folder / "README.md").write_text("tunelab, copied into this build context by `tunelab export -f container`.\n")
 
 
-def _served_copy(config: TunelabConfig, run_dir: RunDir, gguf: Path, record: dict[str, Any], folder: Path) -> None:
+def _served_copy(config: TunelabConfig, run_dir: RunDir, gguf: Path, quant: str, record: dict[str, Any],
+                 folder: Path) -> None:
     served = RunDir(folder)
     save_config(config.model_copy(update={"serve": config.serve.model_copy(update={
-        "host": "0.0.0.0", "port": PORT, "engine": "llama.cpp", "gguf": record["quant"]})}), served.config)
+        "host": "0.0.0.0", "port": PORT, "engine": "llama.cpp", "gguf": quant})}), served.config)
     served.model.mkdir(parents=True)
     copy_present(TOKENIZER_FILES, run_dir.model, served.model)
     if config.data.label_column:
         write_json(folder / LABELS_FILE, known_labels(run_dir, []))
     destination = served.export("gguf")
     destination.mkdir(parents=True)
-    try:
-        os.link(gguf, destination / gguf.name)
-    except OSError:
-        shutil.copy2(gguf, destination / gguf.name)
-    kept = {record["quant"]: record["files"][record["quant"]]}
-    write_json(destination / "export.json", {**record["gguf_record"], "files": kept})
+    place(gguf, destination / gguf.name)
+    write_json(destination / "export.json", {**record, "files": {quant: record["files"][quant]}})
 
 
 def export_container(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str, Any]:
-    gguf_folder = run_dir.export("gguf")
-    record_path = gguf_folder / "export.json"
-    gguf_record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if quant not in gguf_record.get("files", {}):
-        gguf_record = export_gguf(config, run_dir, quant)
-        gguf_record.pop("folder", None)
-    record = {"quant": quant, "files": gguf_record["files"], "gguf_record": gguf_record}
-    gguf = gguf_folder / gguf_record["files"][quant]["file"]
+    gguf, record = exported_file(config, run_dir, quant)
     name = run_dir.root.name.lower()
     destination = run_dir.export("container")
     with staged_directory(destination) as folder:
         _tunelab_source(folder / "tunelab")
-        _served_copy(config, run_dir, gguf, record, folder / "run")
+        _served_copy(config, run_dir, gguf, quant, record, folder / "run")
         write_text_atomic(folder / "Dockerfile", DOCKERFILE.format(llama=LLAMA_CPP_PYTHON, port=PORT))
         write_text_atomic(folder / ".dockerignore", "**/__pycache__\n")
         write_text_atomic(folder / "README.md", README.format(name=name, port=PORT))

@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -164,3 +165,21 @@ def export_gguf(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str,
              len(answers), "".join(f"; {q} agrees on {a['rate']:.1%} of {a['test_rows']} test rows"
                                    for q, a in agreement.items()))
     return record | {"folder": str(destination)}
+
+
+def exported_file(config: TunelabConfig, run_dir: RunDir, quant: str) -> tuple[Path, dict[str, Any]]:
+    """The `quant` GGUF of RUN_DIR/export/gguf/ and that export's record, exporting (and checking) it first
+    when it is not there: what the Ollama and container exports ship."""
+    record_path = run_dir.export("gguf") / "export.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if quant not in record.get("files", {}):
+        record = {key: value for key, value in export_gguf(config, run_dir, quant).items() if key != "folder"}
+    return record_path.parent / record["files"][quant]["file"], record
+
+
+def place(source: Path, destination: Path) -> None:
+    """`source` at `destination` without a second copy on disk where a hard link can do it."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from typing import Any
 
 from tunelab.config import TunelabConfig
 from tunelab.data.chat import render_prompt
 from tunelab.data.labels import known_labels
-from tunelab.export.gguf import export_gguf
+from tunelab.export.gguf import exported_file, place
 from tunelab.rundir import RunDir, staged_directory, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -47,12 +45,7 @@ def _quoted(text: str) -> str:
 def export_ollama(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    gguf_folder = run_dir.export("gguf")
-    record_path = gguf_folder / "export.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if quant not in record.get("files", {}):
-        record = export_gguf(config, run_dir, quant)
-    source = gguf_folder / record["files"][quant]["file"]
+    source, record = exported_file(config, run_dir, quant)
     tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
     system = config.data.system_prompt
     template = template_for(tokenizer, system)
@@ -68,10 +61,7 @@ def export_ollama(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[st
     name = run_dir.root.name.lower()
     destination = run_dir.export("ollama")
     with staged_directory(destination) as folder:
-        try:
-            os.link(source, folder / source.name)  # the same bytes, no second copy on disk
-        except OSError:
-            shutil.copy2(source, folder / source.name)
+        place(source, folder / source.name)
         write_text_atomic(folder / "Modelfile", "\n".join(lines) + "\n")
         if labels:
             write_json(folder / "labels.json", labels)
