@@ -43,6 +43,11 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The rendered prompt's token ids, exactly as the evaluation feeds them (no extra special tokens)."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
 def _opens_thinking(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunelab.data.chat import render_prompt
+from tunelab.data.chat import prompt_ids
 from tunelab.data.examples import prompt_messages
 from tunelab.evaluate.constrain import label_completion_ids
 from tunelab.progress import SilentProgress, progress_bar
@@ -35,8 +35,7 @@ def label_log_likelihoods(model, tokenizer, examples: list[dict[str, Any]], labe
     with progress_bar() if progress else nullcontext(SilentProgress()) as progress:
         task = progress.add_task("scoring every label", total=len(examples))
         for row, example in enumerate(examples):
-            prompt = tokenizer(render_prompt(tokenizer, prompt_messages(example)), add_special_tokens=False,
-                               return_tensors="pt")["input_ids"].to(device)
+            prompt = torch.tensor([prompt_ids(tokenizer, prompt_messages(example))], device=device)
             out = model(input_ids=prompt, use_cache=True)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             for start in range(0, len(labels), labels_per_pass):

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import TunelabConfig
-from tunelab.data.chat import opens_thinking, render_prompt
+from tunelab.data.chat import opens_thinking, prompt_ids
 from tunelab.data.examples import prompt_messages
 from tunelab.data.labels import known_labels
 from tunelab.errors import TunelabError
 from tunelab.evaluate.replay import recorded_answers
 from tunelab.evaluate.scoring import extract_answer
 from tunelab.export.merged import write_merged_weights
-from tunelab.model.llama_cpp import compiled_grammar, llama_cpp_module, open_gguf
+from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, llama_cpp_module, open_gguf
 from tunelab.model.source import base_model_name
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
@@ -69,27 +69,11 @@ def quantize(source: Path, destination: Path, quant: str) -> None:
         raise TunelabError(f"llama.cpp could not quantize {source.name} to {quant}")
 
 
-def metadata(path: Path) -> dict[str, Any]:
-    """What travels in the GGUF header for a chat engine: template, end-of-turn and padding tokens."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path).fields
-
-    def value(key: str):
-        field = fields.get(key)
-        return None if field is None else field.contents()
-
-    return {"architecture": value("general.architecture"), "chat_template": value("tokenizer.chat_template"),
-            "eos_token_id": value("tokenizer.ggml.eos_token_id"), "padding_token_id":
-            value("tokenizer.ggml.padding_token_id")}
-
-
 def gguf_answers(path: Path, tokenizer, examples: list[dict[str, Any]], labels: list[str] | None,
                  max_new_tokens: int, threads: int | None, label: str) -> list[str]:
     """llama.cpp's greedy answers to the examples' prompts, rendered by the run's own chat template
     (token for token the evaluation's prompts), under the label grammar when answers are labels."""
-    prompts = [tokenizer(render_prompt(tokenizer, prompt_messages(e)), add_special_tokens=False)["input_ids"]
-               for e in examples]
+    prompts = [prompt_ids(tokenizer, prompt_messages(e)) for e in examples]
     model = open_gguf(path, max(map(len, prompts)) + max_new_tokens + 8, threads)
     grammar = compiled_grammar(labels)
     answers = []
@@ -124,7 +108,7 @@ def export_gguf(config: TunelabConfig, run_dir: RunDir, quant: str) -> dict[str,
             files[quant] = folder / f"model-{quant}.gguf"
             quantize(files["f16"], files[quant], quant)
         converted_s = time.perf_counter() - started
-        header = metadata(files["f16"])
+        header = gguf_metadata(files["f16"])
         thinking = opens_thinking(tokenizer)
         labels = (known_labels(run_dir, examples) if metrics.get("constrained_to_labels") and not thinking
                   else None)

@@ -33,6 +33,22 @@ def open_gguf(path: Path, context: int, threads: int | None):
                                     n_batch=512, verbose=False, seed=0)
 
 
+def gguf_metadata(path: Path) -> dict:
+    """What a chat engine needs from the GGUF header: architecture, trained context, chat template and
+    end-of-turn token id (None where a key is missing)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+
+    def value(key: str):
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    architecture = value("general.architecture")
+    return {"architecture": architecture, "context_length": value(f"{architecture}.context_length"),
+            "chat_template": value("tokenizer.chat_template"), "eos_token_id": value("tokenizer.ggml.eos_token_id")}
+
+
 def label_grammar(labels: list[str]) -> str:
     """A GBNF grammar whose only sentences are the labels: llama.cpp then answers with one of them."""
     def literal(label: str) -> str:

@@ -94,23 +94,22 @@ def create_app(engine: Engine, name: str) -> FastAPI:
             return [{"role": "system", "content": system}, *messages]
         return messages
 
-    async def answered(messages: list[dict[str, str]], max_tokens: int | None) -> str:
+    async def queued(work, *args):
+        """`work(*args)` on the engine, counted among the waiting requests (503 beyond the bound)."""
         admit()
         waiting["count"] += 1
         try:
-            return await run_in_threadpool(engine.answer, messages, max_tokens)
+            return await run_in_threadpool(work, *args)
         finally:
             waiting["count"] -= 1
+
+    async def answered(messages: list[dict[str, str]], max_tokens: int | None) -> str:
+        return await queued(engine.answer, messages, max_tokens)
 
     async def probabilities(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
         if not engine.labels:
             raise Refused(400, "label_probabilities: this run's task has no labels")
-        admit()
-        waiting["count"] += 1
-        try:
-            ranked = await run_in_threadpool(engine.label_probabilities, messages)
-        finally:
-            waiting["count"] -= 1
+        ranked = await queued(engine.label_probabilities, messages)
         return [{"label": label, "probability": round(probability, 6)} for label, probability in ranked]
 
     @app.get("/health")

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import TunelabConfig
-from tunelab.data.chat import answer_budget, opens_thinking, render_prompt
+from tunelab.data.chat import answer_budget, opens_thinking, prompt_ids
 from tunelab.data.labels import known_labels
 from tunelab.errors import TunelabError
 from tunelab.evaluate.constrain import label_completion_ids
 from tunelab.evaluate.generation import generate_answers, label_constraint
 from tunelab.evaluate.label_scores import label_distributions, label_log_likelihoods
 from tunelab.model.adapters import load_tuned
-from tunelab.model.llama_cpp import compiled_grammar, open_gguf
+from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, llama_cpp_module, open_gguf
 from tunelab.rundir import RunDir
 
 
@@ -34,7 +34,7 @@ class TransformersEngine:
         self.lock = threading.Lock()  # generation is compute-bound and the tokenizer is shared
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
+        return len(prompt_ids(self.tokenizer, messages))
 
     def _example(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"messages": [*messages, {"role": "assistant", "content": ""}]}
@@ -84,7 +84,7 @@ class LlamaCppEngine:
         if decoding.strategy == "beam":
             raise TunelabError("serve.engine llama.cpp decodes greedy or by sampling; evaluate.decoding beam needs "
                                "serve.engine transformers")
-        self.config, self.gguf = config, gguf
+        self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
         self.labels = known_labels(run_dir, []) if config.data.label_column else []
         constrained = self.labels and config.evaluate.constrain_to_labels and not opens_thinking(self.tokenizer)
@@ -92,20 +92,17 @@ class LlamaCppEngine:
         self.budget = answer_budget(self.tokenizer, config.evaluate.max_new_tokens)
         if self.grammar is not None:
             self.budget = max(self.budget, *(len(self.tokenizer(label)["input_ids"]) + 1 for label in self.labels))
-        self.context = min(config.serve.context, _trained_context(gguf))
+        self.context = min(config.serve.context, int(gguf_metadata(gguf)["context_length"]))
         self.llama = open_gguf(gguf, self.context, config.train.num_threads)
         self.sampling = ({"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed}
                          if decoding.strategy == "sampling" else {"temperature": 0.0, "top_k": 1})
         self.lock = threading.Lock()  # one llama.cpp context: one sequence at a time
 
-    def _prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
-
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self._prompt(messages))
+        return len(prompt_ids(self.tokenizer, messages))
 
     def _completion(self, messages, max_tokens: int | None, stream: bool):
-        return self.llama.create_completion(self._prompt(messages), max_tokens=max_tokens or self.budget,
+        return self.llama.create_completion(prompt_ids(self.tokenizer, messages), max_tokens=max_tokens or self.budget,
                                             grammar=self.grammar, stream=stream, **self.sampling)
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
@@ -118,7 +115,7 @@ class LlamaCppEngine:
         import numpy as np
 
         completions = label_completion_ids(self.tokenizer, self.labels, self.config.data.system_prompt)
-        prompt = self._prompt(messages)
+        prompt = prompt_ids(self.tokenizer, messages)
         totals = np.zeros((1, len(self.labels)))
         with self.lock:
             self.llama.reset()
@@ -139,8 +136,6 @@ class LlamaCppEngine:
         keeps no copy of them unless every position's logits are kept)."""
         import numpy as np
 
-        from tunelab.model.llama_cpp import llama_cpp_module
-
         pointer = llama_cpp_module().llama_get_logits_ith(self.llama.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab(),)).astype(np.float64)
         shifted = logits - logits.max()
@@ -156,14 +151,6 @@ def ranked(labels: list[str], scores) -> list[tuple[str, float]]:
     """(label, probability) pairs, most probable first."""
     probabilities = label_distributions(scores)[0]
     return sorted(zip(labels, map(float, probabilities), strict=True), key=lambda pair: -pair[1])
-
-
-def _trained_context(gguf: Path) -> int:
-    from gguf import GGUFReader
-
-    fields = GGUFReader(gguf).fields
-    architecture = fields["general.architecture"].contents()
-    return int(fields[f"{architecture}.context_length"].contents())
 
 
 def exported_gguf(run_dir: RunDir, quant: str) -> Path | None:
