@@ -280,3 +280,51 @@ def test_label_probabilities_on_request_from_both_engines_agree(smollm2_gguf):
             assert refused.status_code == 400 and "not with stream" in refused.json()["error"]["message"]
     for label, probability in distributions["transformers"].items():
         assert distributions["llama.cpp"][label] == pytest.approx(probability, abs=0.02), label
+
+
+@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+def test_two_workers_answer_two_requests_at_once_with_the_evaluated_answers(smollm2_gguf, engine):
+    """serve.workers=2: two copies of the model, so two requests at a time are admitted even with no
+    waiting line (one copy would refuse the second with 503), and the copies answer what the
+    evaluation recorded: no state leaks between them."""
+    from tunelab.rundir import read_jsonl
+
+    run, _ = smollm2_gguf
+    rows = read_jsonl(run / "eval" / "predictions.jsonl")[:8]
+    with running(run, f"serve.engine={engine}", "serve.gguf=f16", "serve.workers=2", "serve.max_waiting=0") as url:
+        def ask(row):
+            return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "run", "messages": [{"role": "user", "content": row["input"]}]})
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            responses = list(pool.map(ask, rows))
+    assert [r.status_code for r in responses] == [200] * len(rows)
+    assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [r["tuned_answer"] for r in rows]
+
+
+def test_a_returned_model_copy_goes_to_the_longest_waiting_request():
+    """Requests get a model copy first come, first served: under load none is overtaken by later ones
+    (with a plain lock a newcomer could take the copy just returned while others kept waiting)."""
+    from tunelab.serve.engine import Copies
+
+    copies = Copies(["the only copy"])
+    held = copies.borrow()
+    served = []
+
+    def request(number):
+        with copies.lent():
+            served.append(number)
+
+    waiting = []
+    for number in range(6):
+        waiting.append(threading.Thread(target=request, args=(number,)))
+        waiting[-1].start()
+        deadline = time.monotonic() + 10
+        while len(copies._line) < number + 1:
+            assert time.monotonic() < deadline, "a request did not join the line"
+            time.sleep(0.001)
+    copies.give_back(held)
+    request("newcomer")  # arrives after the six: served after them
+    for thread in waiting:
+        thread.join(timeout=10)
+    assert served == [0, 1, 2, 3, 4, 5, "newcomer"]

@@ -152,8 +152,9 @@ def serve(
     Routes: `POST /v1/chat/completions` (with `stream: true`), `GET /v1/models`, `GET /health`, and
     Vertex AI's `POST /predict` (`{"instances": [{"messages": [...]}], "parameters": {"max_tokens": N}}`;
     AIP_HTTP_PORT, AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE move port and routes). The model name is the
-    run directory's name. Label tasks answer with one of the labels, as in the evaluation. One request
-    is generated at a time; beyond `serve.max_waiting` waiting requests the answer is 503, and every
+    run directory's name. Label tasks answer with one of the labels, as in the evaluation. Each of the
+    `serve.workers` copies of the model (default 1) answers one request at a time on its share of the
+    cores; beyond `serve.max_waiting` waiting requests the answer is 503, and every
     bad request (bad JSON, unknown model, prompt over the context, max_tokens over serve.max_tokens)
     gets a 4xx JSON error while the server keeps serving. The engine: llama.cpp on the run's GGUF
     export when there is one (`tunelab export RUN -f gguf -q q8_0`; several times faster on a CPU),

@@ -326,6 +326,10 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 to accept other machines (a container).")
     port: int = Field(8000, ge=0, lt=65536, description="Port; AIP_HTTP_PORT wins when set (Vertex AI).")
     max_waiting: int = Field(32, ge=0, description="Requests that may wait for the model; more get HTTP 503.")
+    workers: int = Field(1, gt=0, description="Copies of the model answering at once, each on its share of the "
+                         "cores (train.num_threads, default all): on a CPU 2 copies on 1 core each answer 1.6-1.8x "
+                         "the requests/s of 1 copy on 2 cores (bench/RESULTS.md), each request a little slower; "
+                         "every copy holds its own weights in memory (llama.cpp shares the mapped file).")
     max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for.")
     engine: Literal["auto", "transformers", "llama.cpp"] = Field(
         "auto", description="llama.cpp: a GGUF file of RUN_DIR/export/gguf/ (tunelab export -f gguf); transformers: "

@@ -72,7 +72,7 @@ def create_app(engine: Engine, name: str) -> FastAPI:
         return _error(400, f"{where or 'body'}: {first['msg']}", "invalid_request_error")
 
     def admit() -> None:
-        if waiting["count"] >= settings.max_waiting + 1:
+        if waiting["count"] >= settings.max_waiting + settings.workers:
             raise Refused(503, f"server busy: {waiting['count']} requests in line (serve.max_waiting="
                                f"{settings.max_waiting}); retry later", "overloaded")
 

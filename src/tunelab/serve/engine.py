@@ -1,13 +1,19 @@
-"""The model a server answers with, one request at a time: the run's tuned model through transformers, or
-its GGUF export through llama.cpp (several times faster on a CPU). Both render prompts with the run's
-chat template and answer label tasks with a label, as the evaluation did."""
+"""The model a server answers with: the run's tuned model through transformers, or its GGUF export
+through llama.cpp (several times faster on a CPU). Both render prompts with the run's chat template and
+answer label tasks with a label, as the evaluation did. Each engine holds `serve.workers` copies of the
+model, each answering one request at a time on its share of the cores: on a CPU, two copies of a small
+model on one core each answer more requests per second than one copy on both (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +29,72 @@ from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, llama_cpp_m
 from tunelab.rundir import RunDir
 
 
+class Copies:
+    """The engine's copies of the model, each lent to one request at a time. A request waits for a free
+    copy in a first-come, first-served line: a returned copy goes to the longest-waiting request, so no
+    request is overtaken by later ones (a plain lock or queue lets newcomers barge in, and under load
+    some requests wait many times longer than the rest)."""
+
+    def __init__(self, copies: list):
+        self.first = copies[0]
+        self._free = list(copies)
+        self._line: collections.deque[tuple[threading.Event, list]] = collections.deque()
+        self._guard = threading.Lock()
+
+    def borrow(self):
+        with self._guard:
+            if self._free and not self._line:
+                return self._free.pop()
+            turn: tuple[threading.Event, list] = (threading.Event(), [])
+            self._line.append(turn)
+        turn[0].wait()
+        return turn[1][0]
+
+    def give_back(self, copy) -> None:
+        with self._guard:
+            if self._line:
+                called, hand = self._line.popleft()
+                hand.append(copy)
+                called.set()
+            else:
+                self._free.append(copy)
+
+    @contextmanager
+    def lent(self):
+        copy = self.borrow()
+        try:
+            yield copy
+        finally:
+            self.give_back(copy)
+
+
+def threads_per_copy(config: TunelabConfig) -> int:
+    """Each copy's share of the cores (train.num_threads, default all of them)."""
+    return max(1, (config.train.num_threads or os.cpu_count() or 1) // config.serve.workers)
+
+
+@dataclass
+class TransformersCopy:
+    model: Any
+    tokenizer: Any
+    constraint: Any  # the label trie, built on this copy's tokenizer
+
+
 class TransformersEngine:
     def __init__(self, config: TunelabConfig, run_dir: RunDir):
+        import torch
+
         self.config = config
-        self.model, self.tokenizer, _ = load_tuned(config, run_dir)
-        self.model.eval()
         self.labels = known_labels(run_dir, []) if config.data.label_column else []
-        self.constraint = label_constraint(config, self.tokenizer, self.labels)
-        self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.lock = threading.Lock()  # generation is compute-bound and the tokenizer is shared
+        torch.set_num_threads(threads_per_copy(config))  # torch's pool is shared: each generation gets this many
+        self.copies = Copies([self._copy(run_dir) for _ in range(config.serve.workers)])
+        self.tokenizer = self.copies.first.tokenizer
+        self.context = int(getattr(self.copies.first.model.config, "max_position_embeddings", 2048))
+
+    def _copy(self, run_dir: RunDir) -> TransformersCopy:
+        model, tokenizer, _ = load_tuned(self.config, run_dir)
+        model.eval()
+        return TransformersCopy(model, tokenizer, label_constraint(self.config, tokenizer, self.labels))
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(prompt_ids(self.tokenizer, messages))
@@ -41,36 +104,39 @@ class TransformersEngine:
 
     def label_probabilities(self, messages: list[dict[str, str]]) -> list[tuple[str, float]]:
         """Every label's probability for this prompt (its completion's likelihood, softmax over labels)."""
-        with self.lock:
-            scores = label_log_likelihoods(self.model, self.tokenizer, [self._example(messages)], self.labels,
+        with self.copies.lent() as copy:
+            scores = label_log_likelihoods(copy.model, copy.tokenizer, [self._example(messages)], self.labels,
                                            self.config.data.system_prompt, progress=False)
         return ranked(self.labels, scores)
 
+    def _generate(self, copy: TransformersCopy, messages, max_tokens: int | None, streamer=None) -> list[str]:
+        return generate_answers(copy.model, copy.tokenizer, [self._example(messages)], max_tokens, 1, "serve",
+                                self.config.evaluate.decoding, copy.constraint, streamer=streamer, progress=False)
+
     def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
-        with self.lock:
-            return generate_answers(self.model, self.tokenizer, [self._example(messages)], max_tokens, 1, "serve",
-                                    self.config.evaluate.decoding, self.constraint, progress=False)[0].strip()
+        with self.copies.lent() as copy:
+            return self._generate(copy, messages, max_tokens)[0].strip()
 
     def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
         """The answer's text pieces as transformers' streamer yields them."""
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        self.lock.acquire()
-        worker = threading.Thread(target=self._generate_into, args=(messages, max_tokens, streamer), daemon=True)
+        copy = self.copies.borrow()  # given back by the generating thread when it ends
+        streamer = TextIteratorStreamer(copy.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        worker = threading.Thread(target=self._generate_into, args=(copy, messages, max_tokens, streamer),
+                                  daemon=True)
         worker.start()
         yield from streamer
         worker.join()
 
-    def _generate_into(self, messages, max_tokens, streamer) -> None:
+    def _generate_into(self, copy: TransformersCopy, messages, max_tokens, streamer) -> None:
         try:
-            generate_answers(self.model, self.tokenizer, [self._example(messages)], max_tokens, 1, "serve",
-                             self.config.evaluate.decoding, self.constraint, streamer=streamer, progress=False)
+            self._generate(copy, messages, max_tokens, streamer)
         except BaseException:
             streamer.end()  # the reader stops instead of waiting for tokens that will not come
             raise
         finally:
-            self.lock.release()
+            self.copies.give_back(copy)
 
 
 class LlamaCppEngine:
@@ -93,21 +159,21 @@ class LlamaCppEngine:
         if self.grammar is not None:
             self.budget = max(self.budget, *(len(self.tokenizer(label)["input_ids"]) + 1 for label in self.labels))
         self.context = min(config.serve.context, int(gguf_metadata(gguf)["context_length"]))
-        self.llama = open_gguf(gguf, self.context, config.train.num_threads)
+        self.copies = Copies([open_gguf(gguf, self.context, threads_per_copy(config))
+                              for _ in range(config.serve.workers)])
         self.sampling = ({"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed}
                          if decoding.strategy == "sampling" else {"temperature": 0.0, "top_k": 1})
-        self.lock = threading.Lock()  # one llama.cpp context: one sequence at a time
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(prompt_ids(self.tokenizer, messages))
 
-    def _completion(self, messages, max_tokens: int | None, stream: bool):
-        return self.llama.create_completion(prompt_ids(self.tokenizer, messages), max_tokens=max_tokens or self.budget,
+    def _completion(self, llama, messages, max_tokens: int | None, stream: bool):
+        return llama.create_completion(prompt_ids(self.tokenizer, messages), max_tokens=max_tokens or self.budget,
                                             grammar=self.grammar, stream=stream, **self.sampling)
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
-        with self.lock:
-            return self._completion(messages, max_tokens, stream=False)["choices"][0]["text"].strip()
+        with self.copies.lent() as llama:
+            return self._completion(llama, messages, max_tokens, stream=False)["choices"][0]["text"].strip()
 
     def label_probabilities(self, messages: list[dict[str, str]]) -> list[tuple[str, float]]:
         """As the transformers engine: each label's completion scored after the prompt, token by token on
@@ -117,34 +183,35 @@ class LlamaCppEngine:
         completions = label_completion_ids(self.tokenizer, self.labels, self.config.data.system_prompt)
         prompt = prompt_ids(self.tokenizer, messages)
         totals = np.zeros((1, len(self.labels)))
-        with self.lock:
-            self.llama.reset()
-            self.llama.eval(prompt)
-            after_prompt = self._last_log_probabilities()
+        with self.copies.lent() as llama:
+            llama.reset()
+            llama.eval(prompt)
+            after_prompt = last_log_probabilities(llama)
             for column, ids in enumerate(completions):
-                self.llama.n_tokens = len(prompt)  # rewind: the next eval overwrites what followed
+                llama.n_tokens = len(prompt)  # rewind: the next eval overwrites what followed
                 total = after_prompt[ids[0]]
                 for previous, token in itertools.pairwise(ids):
-                    self.llama.eval([previous])
-                    total += self._last_log_probabilities()[token]
+                    llama.eval([previous])
+                    total += last_log_probabilities(llama)[token]
                 totals[0, column] = total
-            self.llama.reset()
+            llama.reset()
         return ranked(self.labels, totals)
 
-    def _last_log_probabilities(self):
-        """Log-softmax of the logits llama.cpp computed for the last evaluated token (llama-cpp-python
-        keeps no copy of them unless every position's logits are kept)."""
-        import numpy as np
-
-        pointer = llama_cpp_module().llama_get_logits_ith(self.llama.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab(),)).astype(np.float64)
-        shifted = logits - logits.max()
-        return shifted - np.log(np.exp(shifted).sum())
-
     def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
-        with self.lock:
-            for chunk in self._completion(messages, max_tokens, stream=True):
+        with self.copies.lent() as llama:
+            for chunk in self._completion(llama, messages, max_tokens, stream=True):
                 yield chunk["choices"][0]["text"]
+
+
+def last_log_probabilities(llama):
+    """Log-softmax of the logits llama.cpp computed for the last evaluated token (llama-cpp-python keeps
+    no copy of them unless every position's logits are kept)."""
+    import numpy as np
+
+    pointer = llama_cpp_module().llama_get_logits_ith(llama.ctx, -1)
+    logits = np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),)).astype(np.float64)
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def ranked(labels: list[str], scores) -> list[tuple[str, float]]:
