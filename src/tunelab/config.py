@@ -164,6 +164,9 @@ class TrainConfig(Section):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of this scale (e.g. 5) on "
+                                        "the input embeddings while training, never at inference; it often helps "
+                                        "on small instruction data. null: off.")
     max_length: int = Field(512, gt=8, description="Token limit per example; longer prompts are cut.")
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many optimizer steps.")

@@ -140,6 +140,7 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         lr_scheduler_type=train.scheduler,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
+        neftune_noise_alpha=train.neftune_alpha,
         logging_steps=train.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the watchdog must see a NaN loss, not a smoothed-over one
