@@ -286,3 +286,16 @@ def test_three_workers_on_postgresql_survive_a_killed_worker(tmp_path, tiny_mode
         best.params["train.learning_rate"], best.params["train.lora.r"])
     leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
     assert not leaks
+
+
+@pytest.mark.parametrize(("strategy", "warned"), [("halving", True), ("grid", False)])
+def test_halving_over_training_lengths_is_warned_about(tmp_path, tiny_model_dir, caplog, strategy, warned):
+    """Halving compares trials after equal shares of their own training: with epochs in the space the
+    shorter trainings are judged on fewer examples and cut first (seen on symptom2disease: every
+    3-epoch trial fell at the first rung), so the search says so before it starts."""
+    from tunelab.pipeline import check_search_settings
+
+    config = load_config(search_config(tmp_path, tiny_model_dir, {"train.epochs": [1, 2]}, strategy=strategy))
+    with caplog.at_level("WARNING", logger="tunelab.search.space"):
+        check_search_settings(config)
+    assert ("varies train.epochs under halving" in caplog.text) == warned

@@ -7,12 +7,17 @@ value of the wrong type is an error up front, not in trial seven.
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 from pydantic import ValidationError
 
 from tunelab.config import Range, TunelabConfig
 from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
+
+TRAINING_LENGTH_KEYS = ("train.epochs", "train.max_steps")
 
 
 def with_values(config: TunelabConfig, values: dict[str, Any]) -> TunelabConfig:
@@ -58,6 +63,16 @@ def validate_space(config: TunelabConfig) -> None:
                 with_values(config, {key: value})
         else:
             with_values(config, {key: int(values.low) if values.integer else values.low})
+
+
+def warn_if_halving_over_lengths(config: TunelabConfig) -> None:
+    """Halving with epochs or steps in the space favours the longest trainings: say so up front."""
+    lengths = [key for key in TRAINING_LENGTH_KEYS if key in config.search.space]
+    if config.search.strategy == "halving" and lengths:
+        log.warning("search.space varies %s under halving: trials are compared after equal shares of their own "
+                    "training, so a shorter training is judged on fewer examples and cut first; keep the length "
+                    "fixed (halving already decides how far each trial trains) or use --strategy grid",
+                    " and ".join(lengths))
 
 
 def suggest(trial, config: TunelabConfig) -> dict[str, Any]:
