@@ -40,17 +40,11 @@ def scores(gold: list[str], answers: list[str]) -> dict[str, float]:
             "oos_recall": sum(out_of_scope) / max(len(out_of_scope), 1)}
 
 
-def test_examples(run_dir, config, test_rows: int | None) -> list[dict]:
-    from tunelab.data.split import stratified_subset
-    from tunelab.rundir import read_jsonl
-
-    return stratified_subset(read_jsonl(run_dir.split("test")), test_rows, 0, "--test-rows", quiet=True)
-
-
 def run_cell(config_path: Path, overrides: list[str], test_rows: int | None) -> dict:
     """Prepare, train and score one (strategy, seed); the TF-IDF baseline on the same sample."""
     from tunelab import pipeline
     from tunelab.data.labels import known_labels
+    from tunelab.data.split import stratified_subset
     from tunelab.evaluate.baseline import fit_predict
     from tunelab.evaluate.generation import generate_answers, label_constraint
     from tunelab.evaluate.scoring import match_label
@@ -63,7 +57,7 @@ def run_cell(config_path: Path, overrides: list[str], test_rows: int | None) -> 
     prepared = time.perf_counter()
     pipeline.train(config, run_dir, resume=False)
     trained = time.perf_counter()
-    examples = test_examples(run_dir, config, test_rows)
+    examples = stratified_subset(read_jsonl(run_dir.split("test")), test_rows, 0, "--test-rows", quiet=True)
     labels = known_labels(run_dir, examples)
     model, tokenizer, _ = load_tuned(config, run_dir)
     model.eval()
