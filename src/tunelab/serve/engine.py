@@ -169,7 +169,7 @@ class LlamaCppEngine:
 
     def _completion(self, llama, messages, max_tokens: int | None, stream: bool):
         return llama.create_completion(prompt_ids(self.tokenizer, messages), max_tokens=max_tokens or self.budget,
-                                            grammar=self.grammar, stream=stream, **self.sampling)
+                                       grammar=self.grammar, stream=stream, **self.sampling)
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
         with self.copies.lent() as llama:
