@@ -153,6 +153,7 @@ class LlamaCppEngine:
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
         self.labels = known_labels(run_dir, []) if config.data.label_column else []
+        self.label_completions = label_completion_ids(self.tokenizer, self.labels, config.data.system_prompt)
         constrained = self.labels and config.evaluate.constrain_to_labels and not opens_thinking(self.tokenizer)
         self.grammar = compiled_grammar(self.labels if constrained else None)
         self.budget = answer_budget(self.tokenizer, config.evaluate.max_new_tokens)
@@ -180,14 +181,13 @@ class LlamaCppEngine:
         llama.cpp's cache (rewound to the prompt for each label), softmax over the labels' totals."""
         import numpy as np
 
-        completions = label_completion_ids(self.tokenizer, self.labels, self.config.data.system_prompt)
         prompt = prompt_ids(self.tokenizer, messages)
         totals = np.zeros((1, len(self.labels)))
         with self.copies.lent() as llama:
             llama.reset()
             llama.eval(prompt)
             after_prompt = last_log_probabilities(llama)
-            for column, ids in enumerate(completions):
+            for column, ids in enumerate(self.label_completions):
                 llama.n_tokens = len(prompt)  # rewind: the next eval overwrites what followed
                 total = after_prompt[ids[0]]
                 for previous, token in itertools.pairwise(ids):
