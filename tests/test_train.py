@@ -266,19 +266,33 @@ def test_bitsandbytes_optimizers_without_cuda_stop_with_one_line(tmp_path, label
     assert not (RunDir(config.output_dir).model).exists()
 
 
+def trained_with(tmp_path, label_csv, tiny_model_dir, **train):
+    """A 2-step training of the tiny model with these train settings: the model and its first logged loss."""
+    run_root = tmp_path / "-".join(f"{key}={value}" for key, value in train.items())
+    run_root.mkdir()
+    config = load_config(write_config(run_root, {"source": str(label_csv)}, tiny_model_dir,
+                                      train={"max_steps": 2, **train}))
+    run_dir = RunDir(config.output_dir)
+    prepare_stage(config, run_dir)
+    model = run_training(config, run_dir).model
+    return model, next(r["loss"] for r in read_jsonl(run_dir.root / "train_log.jsonl") if "loss" in r)
+
+
 def test_neftune_noise_changes_training_only(tmp_path, label_csv, tiny_model_dir):
     """train.neftune_alpha: noisy input embeddings while training (the first step's loss differs from the
     same run without it), and none left on the trained model: its embeddings are the plain lookup."""
     first_losses, models = {}, {}
     for alpha in (None, 5.0):
-        (tmp_path / str(alpha)).mkdir()
-        config = load_config(write_config(tmp_path / str(alpha), {"source": str(label_csv)}, tiny_model_dir,
-                                          train={"max_steps": 2, "neftune_alpha": alpha}))
-        run_dir = RunDir(config.output_dir)
-        prepare_stage(config, run_dir)
-        models[alpha] = run_training(config, run_dir).model
-        first_losses[alpha] = next(r["loss"] for r in read_jsonl(run_dir.root / "train_log.jsonl") if "loss" in r)
+        models[alpha], first_losses[alpha] = trained_with(tmp_path, label_csv, tiny_model_dir, neftune_alpha=alpha)
     assert first_losses[5.0] != pytest.approx(first_losses[None], abs=1e-6)
     embeddings = models[5.0].train().get_input_embeddings()
     ids = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(embeddings(ids), torch.nn.functional.embedding(ids, embeddings.weight))
+
+
+def test_label_smoothing_softens_the_training_loss_only(tmp_path, label_csv, tiny_model_dir):
+    """train.label_smoothing reaches the answer-only loss that trains: the first step's loss differs
+    from the same run's without it."""
+    _, plain = trained_with(tmp_path, label_csv, tiny_model_dir, label_smoothing=0.0)
+    _, smoothed = trained_with(tmp_path, label_csv, tiny_model_dir, label_smoothing=0.5)
+    assert smoothed != pytest.approx(plain, abs=1e-6)

@@ -167,6 +167,9 @@ class TrainConfig(Section):
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of this scale (e.g. 5) on "
                                         "the input embeddings while training, never at inference; it often helps "
                                         "on small instruction data. null: off.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Training targets keep 1 - this on the right "
+                                   "token and share the rest over the vocabulary (softer, less overconfident "
+                                   "answers); evaluation losses stay plain cross-entropy. 0: off.")
     max_length: int = Field(512, gt=8, description="Token limit per example; longer prompts are cut.")
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many optimizer steps.")

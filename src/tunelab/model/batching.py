@@ -137,9 +137,10 @@ def _forward_slices_with_a_mask(forward) -> bool:
             and "slice_logits_to_keep" in getattr(function, "__globals__", {}))
 
 
-def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_token_losses(model, inputs: dict[str, torch.Tensor],
+                        label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of the answer tokens and their count, with the LM head applied at those
-    positions only.
+    positions only (`label_smoothing`: training's softened targets; scoring keeps the plain loss).
 
     Position t predicts token t+1, so the head runs where labels[t+1] is supervised
     (`logits_to_keep` as a boolean mask: transformers projects just those hidden states).
@@ -154,15 +155,17 @@ def answer_token_losses(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.T
     if logits.dim() == 3:  # a model without `logits_to_keep` (or ignoring it): same loss from full logits
         logits = logits[keep]
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                              targets[targets != IGNORE_INDEX], reduction="sum")
+                                              targets[targets != IGNORE_INDEX], reduction="sum",
+                                              label_smoothing=label_smoothing)
     return total, keep.sum()
 
 
-def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None) -> torch.Tensor:
+def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
     """The training loss of `answer_token_losses`, normalised like transformers' causal-LM loss: by
     `num_items_in_batch` (all supervised tokens of the accumulated batch) when the trainer gives it,
     else by this batch's supervised tokens."""
-    total, count = answer_token_losses(model, inputs)
+    total, count = answer_token_losses(model, inputs, label_smoothing)
     if num_items_in_batch is not None:
         count = num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

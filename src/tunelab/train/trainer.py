@@ -141,6 +141,7 @@ def _training_arguments(config: TunelabConfig, output_dir: Path, has_validation:
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         neftune_noise_alpha=train.neftune_alpha,
+        label_smoothing_factor=train.label_smoothing,
         logging_steps=train.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the watchdog must see a NaN loss, not a smoothed-over one
@@ -173,7 +174,7 @@ class TunelabTrainer(AtomicCheckpointTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self.answer_only_lm_head:  # evaluation wants the full logits too
             return super().compute_loss(model, model_inputs(inputs), return_outputs, num_items_in_batch)
-        loss = answer_only_loss(model, inputs, num_items_in_batch)
+        loss = answer_only_loss(model, inputs, num_items_in_batch, self.args.label_smoothing_factor)
         # As Trainer.compute_loss: the count covers every process, and DDP averages the gradients.
         counted_everywhere = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
         if num_items_in_batch is not None and counted_everywhere:
