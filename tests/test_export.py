@@ -38,6 +38,31 @@ def test_merged_export_loads_with_plain_transformers_and_answers_as_evaluated(tr
         row["tuned_answer"] for row in predictions]
 
 
+def test_a_fully_fine_tuned_run_s_weights_are_written_into_a_new_folder(tmp_path, label_csv, tiny_model_dir):
+    """A full fine-tune has nothing to merge: its own files go to the export's folder, which the GGUF
+    export names before anything is in it (it failed with FileNotFoundError there)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import write_config
+    from tunelab.config import load_config
+    from tunelab.data.prepare import prepare_stage
+    from tunelab.export.merged import write_merged_weights
+    from tunelab.rundir import RunDir
+    from tunelab.train.trainer import run_training
+
+    config = load_config(write_config(tmp_path, {"source": str(label_csv)}, tiny_model_dir,
+                                      train={"method": "full", "max_steps": 1}))
+    run_dir = RunDir(config.output_dir)
+    prepare_stage(config, run_dir)
+    run_training(config, run_dir)
+    folder = tmp_path / "staged" / "merged"
+    write_merged_weights(config, run_dir, folder)
+    written, trained = load_file(folder / "model.safetensors"), load_file(run_dir.model / "model.safetensors")
+    assert written.keys() == trained.keys() and all(torch.equal(written[k], trained[k]) for k in trained)
+    assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+
+
 def test_vllm_export_serves_the_adapter_on_the_base_hub_id(trained_run):
     result = CliRunner().invoke(app, ["export", str(trained_run), "--format", "vllm",
                                       "--set", "model.hub_id=alice/tiny-base"])

@@ -19,7 +19,8 @@ MODEL_FILES = WEIGHT_FILES + TOKENIZER_FILES
 
 
 def copy_present(patterns: tuple[str, ...], source: Path, target: Path) -> list[str]:
-    """Copy the files of `source` matching `patterns` into `target`; the names copied."""
+    """Copy the files of `source` matching `patterns` into `target` (made if missing); the names copied."""
+    target.mkdir(parents=True, exist_ok=True)
     copied = []
     for pattern in patterns:
         for path in sorted(source.glob(pattern)):
