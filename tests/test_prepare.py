@@ -134,6 +134,17 @@ def test_allocation_is_proportional_with_cluster_and_label_floors():
     assert quota[0] == max(quota)
 
 
+def test_a_label_spread_thinly_over_many_clusters_keeps_its_share():
+    """CLINC150's `oos` is a few rows in each of many clusters: rounded cell by cell it lost its share
+    to the remainders of big single-cluster labels (6 rows of a 10-row share in a 10% sample)."""
+    intents = [(label, cluster) for cluster, label in enumerate("ABCDEFGHIJ")]
+    spread = [("oos", cluster) for cluster in range(10)]
+    quota = allocate(intents + spread, np.array([95] * 10 + [5] * 10), budget=100, min_per_label=1)
+    assert quota.sum() == 100
+    assert quota[10:].sum() == 5  # 50 of 1,000 rows: 5% of the sample
+    assert set(quota[:10]) <= {9, 10}
+
+
 def test_neural_vectorizers_give_unit_vectors_and_are_cached(tmp_path, tiny_model_dir):
     texts = ["I have a fever and chills.", "My skin itches.", "Headache and nausea since Monday."]
     for vectorizer in ("sentence-transformers", "base-model"):

@@ -1,8 +1,8 @@
 """Pick a training sample that looks like the pool: by cluster and label, or at random.
 
-`kmeans` shares the budget among (label, cluster) cells in proportion to their size (largest
-remainder), gives every cluster at least one row and every label at least `min_per_label`, then
-picks inside each cell at random, nearest to the centroid, or by k-center (farthest-first).
+`kmeans` gives each label its share of the budget (largest remainder, at least `min_per_label`),
+splits it among the label's clusters in proportion to their size, gives every cluster at least one
+row, then picks inside each cell at random, nearest to the centroid, or by k-center (farthest-first).
 """
 
 from __future__ import annotations
@@ -25,30 +25,44 @@ def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 
 
 def allocate(cells: list[tuple], sizes: np.ndarray, budget: int, min_per_label: int) -> np.ndarray:
-    """Rows to take from each (label, cluster) cell: proportional, then the floors, then back to budget."""
-    quota = np.minimum(_largest_remainder(sizes.astype(float), budget), sizes)
+    """Rows to take from each (label, cluster) cell.
+
+    Each label first gets its share of the budget (largest remainder, raised to the label floor), and
+    the share is split among the label's clusters in proportion. Rounding at the label level keeps the
+    label mix: rounded cell by cell, a label spread thinly over many clusters (CLINC150's `oos`) lost
+    most of its rows to the remainders of big single-cluster labels. Then every cluster gets a row,
+    and rows come back from the labels furthest above their exact share until the budget holds.
+    """
     by_cluster, by_label = defaultdict(list), defaultdict(list)
     for index, (label, cluster_id) in enumerate(cells):
         by_cluster[cluster_id].append(index)
         by_label[label].append(index)
+    labels = list(by_label)
+    label_sizes = np.array([sizes[by_label[label]].sum() for label in labels], dtype=float)
+    exact_share = dict(zip(labels, label_sizes / label_sizes.sum() * budget, strict=True))
+    label_floor = {label: min(min_per_label, int(size)) for label, size in zip(labels, label_sizes, strict=True)}
+    quota = np.zeros(len(cells), dtype=int)
+    for label, share in zip(labels, _largest_remainder(label_sizes, budget), strict=True):
+        members = by_label[label]
+        share = min(max(int(share), label_floor[label]), int(sizes[members].sum()))
+        quota[members] = np.minimum(_largest_remainder(sizes[members].astype(float), share), sizes[members])
     for members in by_cluster.values():
         if quota[members].sum() == 0:
             quota[max(members, key=lambda i: sizes[i])] = 1
-    label_floor = {label: min(min_per_label, int(sizes[m].sum())) for label, m in by_label.items()}
-    for label, members in by_label.items():
-        while quota[members].sum() < label_floor[label]:
-            quota[max(members, key=lambda i: sizes[i] - quota[i])] += 1
+    label_total = {label: int(quota[members].sum()) for label, members in by_label.items()}
 
     def removable(index: int) -> bool:
         label, cluster_id = cells[index]
-        return (quota[index] > 0 and quota[by_label[label]].sum() > label_floor[label]
+        return (quota[index] > 0 and label_total[label] > label_floor[label]
                 and quota[by_cluster[cluster_id]].sum() > 1)
 
     while quota.sum() > budget:
         candidates = [i for i in range(len(cells)) if removable(i)]
         if not candidates:
             break
-        quota[max(candidates, key=lambda i: quota[i])] -= 1
+        index = max(candidates, key=lambda i: (label_total[cells[i][0]] - exact_share[cells[i][0]], quota[i]))
+        quota[index] -= 1
+        label_total[cells[index][0]] -= 1
     return quota
 
 
