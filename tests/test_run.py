@@ -43,16 +43,17 @@ def test_second_run_skips_every_stage_and_a_change_reruns_what_follows(tmp_path,
     assert "| loss | " in card and f"{tuned['loss']:.4f}" in card and "trials scored on the validation split" in card
     weights = tmp_path / "run" / "model" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
+    outputs = {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*")
+               if path.is_file() and path.name != "report.html"}  # the report page is drawn on every run
     assert not list((tmp_path / "run").rglob(".*")), "no lock or staging folder outlives the command"
     modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
              for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]}
     expected = {name: oct(0o755) if (tmp_path / name).is_dir() else oct(0o644) for name in modes}
     assert modes == expected  # what a normal write gives under umask 022, atomic writes included
 
-    started = time.perf_counter()
     second = run(config, tmp_path / "run")
     assert "skipped (done before with the same inputs): prepare, search, train, evaluate, publish" in second.stderr
-    assert time.perf_counter() - started < 30 and weights.stat().st_mtime_ns == written
+    assert {path: path.stat().st_mtime_ns for path in outputs} == outputs  # no stage wrote again
 
     third = run(config, tmp_path / "run", "--set", "evaluate.compare_base=false")
     assert "skipped (done before with the same inputs): prepare, search, train" in third.stderr
