@@ -290,7 +290,7 @@ def test_neftune_noise_changes_training_only(tmp_path, label_csv, tiny_model_dir
     torch.testing.assert_close(embeddings(ids), torch.nn.functional.embedding(ids, embeddings.weight))
 
 
-def test_label_smoothing_softens_the_training_loss_only(tmp_path, label_csv, tiny_model_dir):
+def test_label_smoothing_reaches_the_training_loss(tmp_path, label_csv, tiny_model_dir):
     """train.label_smoothing reaches the answer-only loss that trains: the first step's loss differs
     from the same run's without it."""
     _, plain = trained_with(tmp_path, label_csv, tiny_model_dir, label_smoothing=0.0)

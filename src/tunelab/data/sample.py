@@ -42,9 +42,9 @@ def allocate(cells: list[tuple], sizes: np.ndarray, budget: int, min_per_label: 
     exact_share = dict(zip(labels, label_sizes / label_sizes.sum() * budget, strict=True))
     label_floor = {label: min(min_per_label, int(size)) for label, size in zip(labels, label_sizes, strict=True)}
     quota = np.zeros(len(cells), dtype=int)
-    for label, share in zip(labels, _largest_remainder(label_sizes, budget), strict=True):
+    for label, size, share in zip(labels, label_sizes, _largest_remainder(label_sizes, budget), strict=True):
         members = by_label[label]
-        share = min(max(int(share), label_floor[label]), int(sizes[members].sum()))
+        share = min(max(int(share), label_floor[label]), int(size))
         quota[members] = np.minimum(_largest_remainder(sizes[members].astype(float), share), sizes[members])
     for members in by_cluster.values():
         if quota[members].sum() == 0:
