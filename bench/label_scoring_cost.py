@@ -17,7 +17,7 @@ import torch
 from common import SHARED_CSV, parser_with_csv
 
 from tunelab.config import ModelConfig
-from tunelab.evaluate.constrain import LabelTrie
+from tunelab.evaluate.constrain import LabelTrie, label_completion_ids
 from tunelab.evaluate.generation import generate_answers
 from tunelab.evaluate.label_scores import label_log_likelihoods
 from tunelab.model.load import load_model, load_tokenizer
@@ -62,7 +62,8 @@ def main() -> None:
         free = timed(generate_answers, model, tokenizer, examples, 32, args.batch_size, "free")
         constrained = timed(generate_answers, model, tokenizer, examples, 32, args.batch_size, "labels",
                             constraint=trie)
-        scored = timed(label_log_likelihoods, model, tokenizer, examples, labels, SYSTEM)
+        completions = label_completion_ids(tokenizer, labels, SYSTEM)
+        scored = timed(label_log_likelihoods, model, tokenizer, examples, completions)
         per_row = [1000 * seconds / len(examples) for seconds in (free, constrained, scored)]
         print(f"| {name} | {len(labels)} | {per_row[0]:.0f} | {per_row[1]:.0f} | {per_row[2]:.0f} | "
               f"{constrained / free:.2f}x | {scored / free:.2f}x |", flush=True)

@@ -30,8 +30,8 @@ def _plain_log_likelihood(model, tokenizer, example, completion: list[int]) -> f
 def test_cached_label_scores_equal_a_plain_forward_and_give_distributions(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     examples = _examples(3)
-    scores = label_log_likelihoods(model, tiny_tokenizer, examples, LABELS, "Name the diagnosis.", labels_per_pass=4)
     completions = label_completion_ids(tiny_tokenizer, LABELS, "Name the diagnosis.")
+    scores = label_log_likelihoods(model, tiny_tokenizer, examples, completions, labels_per_pass=4)
     for row, example in enumerate(examples):
         expected = [_plain_log_likelihood(model, tiny_tokenizer, example, c) for c in completions]
         assert scores[row] == pytest.approx(expected, abs=1e-4)

@@ -17,28 +17,26 @@ import torch
 
 from tunelab.data.chat import prompt_ids
 from tunelab.data.examples import prompt_messages
-from tunelab.evaluate.constrain import label_completion_ids
 from tunelab.progress import SilentProgress, progress_bar
 
 CALIBRATION_BINS = 10
 
 
 @torch.no_grad()
-def label_log_likelihoods(model, tokenizer, examples: list[dict[str, Any]], labels: list[str],
-                          system_prompt: str | None, labels_per_pass: int = 64, progress: bool = True) -> np.ndarray:
-    """(examples, labels) total log-probability of each label's completion after each prompt (`progress`
-    off for a single request)."""
-    completions = label_completion_ids(tokenizer, labels, system_prompt)
+def label_log_likelihoods(model, tokenizer, examples: list[dict[str, Any]], completions: list[list[int]],
+                          labels_per_pass: int = 64, progress: bool = True) -> np.ndarray:
+    """(examples, labels) total log-probability of each label's completion (`label_completion_ids`, tokenized
+    once by the caller) after each prompt (`progress` off for a single request)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scores = np.zeros((len(examples), len(labels)), dtype=np.float64)
+    scores = np.zeros((len(examples), len(completions)), dtype=np.float64)
     with progress_bar() if progress else nullcontext(SilentProgress()) as progress:
         task = progress.add_task("scoring every label", total=len(examples))
         for row, example in enumerate(examples):
             prompt = torch.tensor([prompt_ids(tokenizer, prompt_messages(example))], device=device)
             out = model(input_ids=prompt, use_cache=True)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            for start in range(0, len(labels), labels_per_pass):
+            for start in range(0, len(completions), labels_per_pass):
                 chunk = completions[start:start + labels_per_pass]
                 scores[row, start:start + len(chunk)] = _continuations(model, out.past_key_values, first, chunk,
                                                                        prompt.shape[1], pad, device)

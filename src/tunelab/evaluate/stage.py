@@ -25,7 +25,7 @@ from tunelab.data.load import load_rows
 from tunelab.data.split import stratified_subset
 from tunelab.errors import TunelabError
 from tunelab.evaluate.baseline import baseline_metrics, verdict
-from tunelab.evaluate.constrain import LabelTrie
+from tunelab.evaluate.constrain import LabelTrie, label_completion_ids
 from tunelab.evaluate.generation import answer_loss, generate_answers, label_constraint
 from tunelab.evaluate.label_scores import (
     calibration_bins,
@@ -65,8 +65,8 @@ def score_model(model, tokenizer, examples, labels: list[str] | None, config: Tu
         constrained = label_metrics(gold, [extract_answer(t) for t in generations["constrained"]], labels)
         metrics |= {key: value for key, value in constrained.items() if key not in FREE_ANSWER_METRICS} | free
     if labels and evaluate.scores_label_probabilities(len(labels)):
-        probabilities = label_distributions(label_log_likelihoods(model, tokenizer, examples, labels,
-                                                                  config.data.system_prompt))
+        completions = label_completion_ids(tokenizer, labels, config.data.system_prompt)
+        probabilities = label_distributions(label_log_likelihoods(model, tokenizer, examples, completions))
         metrics |= probability_metrics(probabilities, gold, labels)
         generations["top_labels"] = top_labels(probabilities, labels)
     if opens_thinking(tokenizer):

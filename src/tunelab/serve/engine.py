@@ -89,6 +89,7 @@ class TransformersEngine:
         torch.set_num_threads(threads_per_copy(config))  # torch's pool is shared: each generation gets this many
         self.copies = Copies([self._copy(run_dir) for _ in range(config.serve.workers)])
         self.tokenizer = self.copies.first.tokenizer
+        self.label_completions = label_completion_ids(self.tokenizer, self.labels, config.data.system_prompt)
         self.context = int(getattr(self.copies.first.model.config, "max_position_embeddings", 2048))
 
     def _copy(self, run_dir: RunDir) -> TransformersCopy:
@@ -105,8 +106,8 @@ class TransformersEngine:
     def label_probabilities(self, messages: list[dict[str, str]]) -> list[tuple[str, float]]:
         """Every label's probability for this prompt (its completion's likelihood, softmax over labels)."""
         with self.copies.lent() as copy:
-            scores = label_log_likelihoods(copy.model, copy.tokenizer, [self._example(messages)], self.labels,
-                                           self.config.data.system_prompt, progress=False)
+            scores = label_log_likelihoods(copy.model, copy.tokenizer, [self._example(messages)],
+                                           self.label_completions, progress=False)
         return ranked(self.labels, scores)
 
     def _generate(self, copy: TransformersCopy, messages, max_tokens: int | None, streamer=None) -> list[str]:
