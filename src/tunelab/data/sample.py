@@ -50,11 +50,11 @@ def allocate(cells: list[tuple], sizes: np.ndarray, budget: int, min_per_label: 
         if quota[members].sum() == 0:
             quota[max(members, key=lambda i: sizes[i])] = 1
     label_total = {label: int(quota[members].sum()) for label, members in by_label.items()}
+    cluster_total = {cluster_id: int(quota[members].sum()) for cluster_id, members in by_cluster.items()}
 
     def removable(index: int) -> bool:
         label, cluster_id = cells[index]
-        return (quota[index] > 0 and label_total[label] > label_floor[label]
-                and quota[by_cluster[cluster_id]].sum() > 1)
+        return quota[index] > 0 and label_total[label] > label_floor[label] and cluster_total[cluster_id] > 1
 
     while quota.sum() > budget:
         candidates = [i for i in range(len(cells)) if removable(i)]
@@ -63,6 +63,7 @@ def allocate(cells: list[tuple], sizes: np.ndarray, budget: int, min_per_label: 
         index = max(candidates, key=lambda i: (label_total[cells[i][0]] - exact_share[cells[i][0]], quota[i]))
         quota[index] -= 1
         label_total[cells[index][0]] -= 1
+        cluster_total[cells[index][1]] -= 1
     return quota
 
 
