@@ -1,12 +1,13 @@
 """Serving load: `tunelab serve` on transformers vs llama.cpp (f16, q8_0), at 1, 4 and 16 concurrent clients.
 
 Usage: python bench/serve_load.py [RUN_DIR (default runs/demo)] [--clients 1 4 16] [--workers 1 2]
-       [--requests 96]
+       [--slots 16] [--requests 96]
 
 RUN_DIR is a tuned, evaluated run with a GGUF export holding f16 and q8_0
 (`make demo && tunelab export runs/demo -f gguf -q q8_0`). Each engine runs as its own
 `tunelab serve` process on 127.0.0.1 (as deployed), started and stopped here, once per
-`serve.workers` value (copies of the model answering at once, the cores shared between them); clients
+`serve.workers` value (copies of the model answering at once, the cores shared between them; for
+llama-server, llama.cpp's own server, `--slots` parallel slots batched in one model instead); clients
 are threads, each with its own keep-alive connection, sending OpenAI chat completions of the run's
 test prompts one after another (`--requests` per concurrency level split evenly between them, the
 same prompts for every engine). Per engine, workers and concurrency level: requests/s, p50 and p95
@@ -31,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = {"transformers": ["serve.engine=transformers"],
            "llama.cpp f16": ["serve.engine=llama.cpp", "serve.gguf=f16"],
-           "llama.cpp q8_0": ["serve.engine=llama.cpp", "serve.gguf=q8_0"]}
+           "llama.cpp q8_0": ["serve.engine=llama.cpp", "serve.gguf=q8_0"],
+           "llama-server q8_0": ["serve.engine=llama-server", "serve.gguf=q8_0"]}
 
 
 def free_port() -> int:
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("run_dir", nargs="?", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="serve.workers values to compare")
+    parser.add_argument("--slots", type=int, default=16, help="llama-server's parallel slots (its serve.workers)")
     parser.add_argument("--requests", type=int, default=96, help="requests per engine and concurrency level")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -114,7 +117,10 @@ def main() -> None:
     prompts = [predictions[i % len(predictions)] for i in range(args.requests)]
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     rows = []
-    for (engine, overrides), workers in itertools.product(ENGINES.items(), args.workers):
+    cells = [(engine, overrides, workers) for (engine, overrides), workers in itertools.product(ENGINES.items(),
+                                                                                               args.workers)
+             if engine != "llama-server q8_0"] + [("llama-server q8_0", ENGINES["llama-server q8_0"], args.slots)]
+    for engine, overrides, workers in cells:
         server, url = start_server(run_dir, [*overrides, f"serve.workers={workers}"])
         try:
             load(url, run_dir.name, prompts[:2 * workers], workers)  # warm-up: first-request allocations
@@ -145,9 +151,10 @@ def main() -> None:
     for row in rows:
         if row["engine"] != "transformers":
             rate = row["requests_per_s"]
+            alike = same_workers.get((row["workers"], row["clients"]))
             print(f"{row['engine']}, {row['workers']} workers, {row['clients']} clients: "
-                  f"{rate / same_workers[row['workers'], row['clients']]:.2f}x transformers with as many workers, "
-                  f"{rate / best[row['clients']]:.2f}x its best")
+                  + (f"{rate / alike:.2f}x transformers with as many workers, " if alike else "")
+                  + f"{rate / best[row['clients']]:.2f}x its best")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

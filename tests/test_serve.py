@@ -23,6 +23,13 @@ from tunelab.pipeline import serve_app
 @contextmanager
 def running(run_dir, *overrides, environ=None):
     """The app served by uvicorn in a thread on a free 127.0.0.1 port; stopped on exit."""
+    with serving(run_dir, *overrides, environ=environ) as (_, url):
+        yield url
+
+
+@contextmanager
+def serving(run_dir, *overrides, environ=None):
+    """(app, url) of `running`: the test can look at the app's engine."""
     saved = dict(os.environ)
     os.environ.update(environ or {})
     try:
@@ -39,7 +46,7 @@ def running(run_dir, *overrides, environ=None):
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield app, f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -216,6 +223,45 @@ def test_the_gguf_export_is_served_by_llama_cpp_with_the_evaluated_answers(smoll
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             assert set(pool.map(ask, range(20))) == {200}
+
+
+def test_llama_server_answers_from_its_parallel_slots_what_the_evaluation_recorded(smollm2_gguf):
+    """serve.engine llama-server: llama.cpp's own server, a child process on 127.0.0.1 with 4 slots, behind
+    tunelab's routes: the openai client gets the evaluated labels plain and streamed, 8 requests at once
+    get the same answers as the evaluation, 20 more are all answered with labels, label probabilities
+    are refused with a 400 naming the engines that give them, and the child ends with the server."""
+    from openai import OpenAI
+
+    from tunelab.rundir import read_jsonl
+
+    run, _ = smollm2_gguf
+    rows = read_jsonl(run / "eval" / "predictions.jsonl")[:8]
+    with serving(run, "serve.engine=llama-server", "serve.gguf=f16", "serve.workers=4") as (app, url):
+        child = app.state.engine.process
+        assert child.poll() is None and "--host 127.0.0.1" in " ".join(child.args)
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": rows[0]["input"]}]
+        assert client.chat.completions.create(model="run", messages=messages).choices[0].message.content == \
+            rows[0]["tuned_answer"]
+        pieces = [chunk.choices[0].delta.content or "" for chunk in
+                  client.chat.completions.create(model="run", messages=messages, stream=True)]
+        assert "".join(pieces).strip() == rows[0]["tuned_answer"]
+
+        def ask(text: str) -> httpx.Response:
+            return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "run", "messages": [{"role": "user", "content": text}]})
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = [r.json()["choices"][0]["message"]["content"] for r in pool.map(ask, [r["input"] for r in rows])]
+        assert answers == [row["tuned_answer"] for row in rows]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            more = list(pool.map(ask, [f"Case {number}: itchy red patches." for number in range(20)]))
+        assert {r.status_code for r in more} == {200}
+        assert {r.json()["choices"][0]["message"]["content"] for r in more} <= {"Eczema", "Flu", "Migraine"}
+        refused = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "run", "messages": messages, "label_probabilities": True})
+        assert refused.status_code == 400 and "llama.cpp or transformers" in refused.json()["error"]["message"]
+    assert child.poll() is not None  # the app's shutdown ended it
 
 
 def _engine_of(run, overrides):

@@ -337,10 +337,11 @@ class ServeConfig(Section):
                          "the requests/s of 1 copy on 2 cores (bench/RESULTS.md), each request a little slower; "
                          "every copy holds its own weights in memory (llama.cpp shares the mapped file).")
     max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for.")
-    engine: Literal["auto", "transformers", "llama.cpp"] = Field(
-        "auto", description="llama.cpp: a GGUF file of RUN_DIR/export/gguf/ (tunelab export -f gguf); transformers: "
-        "the run's model as evaluated; auto: llama.cpp when installed and the run has a GGUF export, else "
-        "transformers.")
+    engine: Literal["auto", "transformers", "llama.cpp", "llama-server"] = Field(
+        "auto", description="llama.cpp: a GGUF file of RUN_DIR/export/gguf/ (tunelab export -f gguf) in this process; "
+        "llama-server: the same file behind llama.cpp's own server, its serve.workers slots batched together (the "
+        "fastest under load; no label probabilities); transformers: the run's model as evaluated; auto: llama.cpp "
+        "when installed and the run has a GGUF export, else transformers.")
     gguf: Literal["auto", "f16", "q8_0", "q4_k_m"] = Field("auto", description="Which exported GGUF llama.cpp serves; "
                                                           "auto: the smallest.")
     context: int = Field(4096, gt=0, description="llama.cpp's context in tokens (at most the model's).")

@@ -195,16 +195,19 @@ def serve_app(run_dir: Path, overrides: list[str]):
     import importlib.util
 
     from tunelab.serve.app import create_app
-    from tunelab.serve.engine import LlamaCppEngine, TransformersEngine, exported_gguf
+    from tunelab.serve.engine import LlamaCppEngine, LlamaServerEngine, TransformersEngine, exported_gguf
 
     config = config_from_run_dir(run_dir, overrides)
     run = RunDir(run_dir)
     engine_name = config.serve.engine
     gguf = exported_gguf(run, config.serve.gguf) if engine_name != "transformers" else None
-    if engine_name == "llama.cpp" and gguf is None:
-        raise TunelabError(f"serve.engine llama.cpp: {run.root} has no GGUF export (tunelab export {run.root} -f gguf "
-                           "-q q8_0)")
-    if gguf is not None and (engine_name == "llama.cpp" or importlib.util.find_spec("llama_cpp")):
+    if engine_name in ("llama.cpp", "llama-server") and gguf is None:
+        raise TunelabError(f"serve.engine {engine_name}: {run.root} has no GGUF export (tunelab export {run.root} "
+                           "-f gguf -q q8_0)")
+    if engine_name == "llama-server":
+        engine = LlamaServerEngine(config, run, gguf)
+        log.info("serving %s with llama-server (%d slots)", gguf, config.serve.workers)
+    elif gguf is not None and (engine_name == "llama.cpp" or importlib.util.find_spec("llama_cpp")):
         engine = LlamaCppEngine(config, run, gguf)
         log.info("serving %s with llama.cpp", gguf)
     else:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -54,7 +55,13 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 
 def create_app(engine: Engine, name: str) -> FastAPI:
     settings = engine.config.serve
-    app = FastAPI(title=f"tunelab: {name}")
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if hasattr(engine, "close"):  # an engine in a child process (llama-server) ends with the app
+            engine.close()
+
+    app = FastAPI(title=f"tunelab: {name}", lifespan=lifespan)
     app.state.engine = engine  # which engine answers (tests and logs ask)
     waiting = {"count": 0}
 
@@ -109,6 +116,9 @@ def create_app(engine: Engine, name: str) -> FastAPI:
     async def probabilities(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
         if not engine.labels:
             raise Refused(400, "label_probabilities: this run's task has no labels")
+        if not hasattr(engine, "label_probabilities"):
+            raise Refused(400, f"label_probabilities: serve.engine {engine.config.serve.engine} does not score labels "
+                               "(serve.engine llama.cpp or transformers does)")
         ranked = await queued(engine.label_probabilities, messages)
         return [{"label": label, "probability": round(probability, 6)} for label, probability in ranked]
 

@@ -1,16 +1,25 @@
 """The model a server answers with: the run's tuned model through transformers, or its GGUF export
-through llama.cpp (several times faster on a CPU). Both render prompts with the run's chat template and
+through llama.cpp (several times faster on a CPU), in this process or behind llama.cpp's own server. Both render prompts with the run's chat template and
 answer label tasks with a label, as the evaluation did. Each engine holds `serve.workers` copies of the
 model, each answering one request at a time on its share of the cores: on a CPU, two copies of a small
 model on one core each answer more requests per second than one copy on both (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +34,7 @@ from tunelab.evaluate.constrain import label_completion_ids
 from tunelab.evaluate.generation import generate_answers, label_constraint
 from tunelab.evaluate.label_scores import label_distributions, label_log_likelihoods
 from tunelab.model.adapters import load_tuned
-from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, llama_cpp_module, open_gguf
+from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, label_grammar, llama_cpp_module, open_gguf
 from tunelab.rundir import RunDir
 
 
@@ -140,34 +149,42 @@ class TransformersEngine:
             self.copies.give_back(copy)
 
 
-class LlamaCppEngine:
-    """A GGUF file of RUN_DIR/export/gguf/ through llama.cpp: greedy (or sampled) answers, labels under a
-    grammar, the run's tokenizer rendering the prompt."""
+class GgufEngine:
+    """What both llama.cpp engines share: a GGUF file of RUN_DIR/export/gguf/, the run's tokenizer rendering
+    the prompt, greedy (or sampled) answers, labels under a grammar."""
 
     def __init__(self, config: TunelabConfig, run_dir: RunDir, gguf: Path):
         from transformers import AutoTokenizer
 
         decoding = config.evaluate.decoding
         if decoding.strategy == "beam":
-            raise TunelabError("serve.engine llama.cpp decodes greedy or by sampling; evaluate.decoding beam needs "
-                               "serve.engine transformers")
+            raise TunelabError(f"serve.engine {config.serve.engine} decodes greedy or by sampling; evaluate.decoding "
+                               "beam needs serve.engine transformers")
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
         self.labels = known_labels(run_dir, []) if config.data.label_column else []
-        self.label_completions = label_completion_ids(self.tokenizer, self.labels, config.data.system_prompt)
         constrained = self.labels and config.evaluate.constrain_to_labels and not opens_thinking(self.tokenizer)
-        self.grammar = compiled_grammar(self.labels if constrained else None)
+        self.grammar_text = label_grammar(self.labels) if constrained else None
         self.budget = answer_budget(self.tokenizer, config.evaluate.max_new_tokens)
-        if self.grammar is not None:
+        if self.grammar_text is not None:
             self.budget = max(self.budget, *(len(self.tokenizer(label)["input_ids"]) + 1 for label in self.labels))
         self.context = min(config.serve.context, int(gguf_metadata(gguf)["context_length"]))
-        self.copies = Copies([open_gguf(gguf, self.context, threads_per_copy(config))
-                              for _ in range(config.serve.workers)])
         self.sampling = ({"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed}
                          if decoding.strategy == "sampling" else {"temperature": 0.0, "top_k": 1})
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(prompt_ids(self.tokenizer, messages))
+
+
+class LlamaCppEngine(GgufEngine):
+    """llama.cpp in this process (llama-cpp-python): `serve.workers` copies, one request each at a time."""
+
+    def __init__(self, config: TunelabConfig, run_dir: RunDir, gguf: Path):
+        super().__init__(config, run_dir, gguf)
+        self.label_completions = label_completion_ids(self.tokenizer, self.labels, config.data.system_prompt)
+        self.grammar = compiled_grammar(self.labels if self.grammar_text else None)
+        self.copies = Copies([open_gguf(gguf, self.context, threads_per_copy(config))
+                              for _ in range(config.serve.workers)])
 
     def _completion(self, llama, messages, max_tokens: int | None, stream: bool):
         return llama.create_completion(prompt_ids(self.tokenizer, messages), max_tokens=max_tokens or self.budget,
@@ -204,6 +221,88 @@ class LlamaCppEngine:
                 yield chunk["choices"][0]["text"]
 
 
+class LlamaServerEngine(GgufEngine):
+    """llama.cpp's own HTTP server (`llama-server`, built into the venv by `make llama-cpp`) as a child
+    process on 127.0.0.1, tunelab's app in front of it (routes, checks, system prompt, label grammar).
+    Its `serve.workers` parallel slots decode together in one batch, which an in-process `Llama` (one
+    request at a time per copy) cannot: several times the requests/s under load (bench/RESULTS.md).
+    Label probabilities stay with the in-process engines."""
+
+    STARTUP_SECONDS = 120
+
+    def __init__(self, config: TunelabConfig, run_dir: RunDir, gguf: Path):
+        super().__init__(config, run_dir, gguf)
+        binary = shutil.which("llama-server", path=str(Path(sys.executable).parent)) or shutil.which("llama-server")
+        if binary is None:
+            raise TunelabError("serve.engine llama-server: no llama-server program (make llama-cpp builds it into "
+                               ".venv/bin)")
+        slots = config.serve.workers
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [binary, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "--parallel", str(slots),
+             "--ctx-size", str(self.context * slots), "--threads", str(config.train.num_threads or os.cpu_count() or 1),
+             "--no-webui"], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_dies_with_parent)
+        atexit.register(self.close)
+        self._wait_until_ready(gguf)
+
+    def _wait_until_ready(self, gguf: Path) -> None:
+        deadline = time.monotonic() + self.STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                last = self.log.read().decode(errors="replace").strip().splitlines()[-1:]
+                raise TunelabError(f"llama-server could not serve {gguf}: {' '.join(last) or 'it exited'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.close()
+        raise TunelabError(f"llama-server did not load {gguf} within {self.STARTUP_SECONDS} s")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def _post(self, messages, max_tokens: int | None, stream: bool):
+        body = {"prompt": prompt_ids(self.tokenizer, messages), "n_predict": max_tokens or self.budget,
+                "cache_prompt": True, "stream": stream, **self.sampling}
+        if self.grammar_text is not None:
+            body["grammar"] = self.grammar_text
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/completion", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return urllib.request.urlopen(request, timeout=600)
+
+    def answer(self, messages: list[dict[str, str]], max_tokens: int | None) -> str:
+        with self._post(messages, max_tokens, stream=False) as response:
+            return json.load(response)["content"].strip()
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
+        """The pieces of llama-server's server-sent events, as it decodes them."""
+        with self._post(messages, max_tokens, stream=True) as response:
+            for line in response:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[len(b"data: "):])
+                    yield event.get("content", "")
+                    if event.get("stop"):
+                        return
+
+
+def _dies_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM when tunelab's process ends, even by SIGKILL."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def last_log_probabilities(llama):
     """Log-softmax of the logits llama.cpp computed for the last evaluated token (llama-cpp-python keeps
     no copy of them unless every position's logits are kept)."""
@@ -235,4 +334,4 @@ def exported_gguf(run_dir: RunDir, quant: str) -> Path | None:
     return record_path.parent / min(files.values(), key=lambda f: f["bytes"])["file"]
 
 
-Engine = TransformersEngine | LlamaCppEngine
+Engine = TransformersEngine | LlamaCppEngine | LlamaServerEngine
