@@ -1,8 +1,10 @@
 """The model a server answers with: the run's tuned model through transformers, or its GGUF export
-through llama.cpp (several times faster on a CPU), in this process or behind llama.cpp's own server. Both render prompts with the run's chat template and
-answer label tasks with a label, as the evaluation did. Each engine holds `serve.workers` copies of the
-model, each answering one request at a time on its share of the cores: on a CPU, two copies of a small
-model on one core each answer more requests per second than one copy on both (bench/RESULTS.md)."""
+through llama.cpp (several times faster on a CPU), in this process or behind llama.cpp's own server.
+All render prompts with the run's chat template and answer label tasks with a label, as the evaluation
+did. The in-process engines hold `serve.workers` copies of the model, each answering one request at a
+time on its share of the cores: on a CPU, two copies of a small model on one core each answer more
+requests per second than one copy on both; llama-server instead batches its `serve.workers` slots in
+one model (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
