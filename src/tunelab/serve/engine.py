@@ -246,7 +246,8 @@ class LlamaServerEngine(GgufEngine):
         self.process = subprocess.Popen(
             [binary, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "--parallel", str(slots),
              "--ctx-size", str(self.context * slots), "--threads", str(config.train.num_threads or os.cpu_count() or 1),
-             "--no-webui"], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_dies_with_parent)
+             "--no-webui", "--log-verbosity", "2"],  # warnings and errors only: the log stays small
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_dies_with_parent)
         atexit.register(self.close)
         self._wait_until_ready(gguf)
 
