@@ -191,7 +191,8 @@ def export_run(run_dir: Path, fmt: str, overrides: list[str], quant: str | None 
 
 def serve_app(run_dir: Path, overrides: list[str]):
     """The HTTP app for a run's tuned model, and the settings to serve it with. The engine: llama.cpp on the
-    run's GGUF export when asked, or (auto) when llama.cpp is installed and the export exists."""
+    run's GGUF export when asked, or (auto) when llama.cpp is installed and the export exists; llama.cpp's
+    own server (llama-server) on that export only when asked."""
     import importlib.util
 
     from tunelab.serve.app import create_app

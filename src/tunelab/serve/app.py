@@ -55,6 +55,7 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 
 def create_app(engine: Engine, name: str) -> FastAPI:
     settings = engine.config.serve
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
