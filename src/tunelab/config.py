@@ -335,7 +335,8 @@ class ServeConfig(Section):
     workers: int = Field(1, gt=0, description="Copies of the model answering at once, each on its share of the "
                          "cores (train.num_threads, default all): on a CPU 2 copies on 1 core each answer 1.6-1.8x "
                          "the requests/s of 1 copy on 2 cores (bench/RESULTS.md), each request a little slower; "
-                         "every copy holds its own weights in memory (llama.cpp shares the mapped file).")
+                         "every copy holds its own weights in memory (llama.cpp shares the mapped file). For "
+                         "serve.engine llama-server: its parallel slots, batched in one model (16 for load).")
     max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for.")
     engine: Literal["auto", "transformers", "llama.cpp", "llama-server"] = Field(
         "auto", description="llama.cpp: a GGUF file of RUN_DIR/export/gguf/ (tunelab export -f gguf) in this process; "
