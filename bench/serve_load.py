@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = {"transformers": ["serve.engine=transformers"],
            "llama.cpp f16": ["serve.engine=llama.cpp", "serve.gguf=f16"],
-           "llama.cpp q8_0": ["serve.engine=llama.cpp", "serve.gguf=q8_0"],
-           "llama-server q8_0": ["serve.engine=llama-server", "serve.gguf=q8_0"]}
+           "llama.cpp q8_0": ["serve.engine=llama.cpp", "serve.gguf=q8_0"]}
+LLAMA_SERVER = ("llama-server q8_0", ["serve.engine=llama-server", "serve.gguf=q8_0"])  # run with --slots
 
 
 def free_port() -> int:
@@ -118,8 +118,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     rows = []
     cells = [(engine, overrides, workers) for (engine, overrides), workers in itertools.product(ENGINES.items(),
-                                                                                               args.workers)
-             if engine != "llama-server q8_0"] + [("llama-server q8_0", ENGINES["llama-server q8_0"], args.slots)]
+                                                                                               args.workers)]
+    cells.append((*LLAMA_SERVER, args.slots))
     for engine, overrides, workers in cells:
         server, url = start_server(run_dir, [*overrides, f"serve.workers={workers}"])
         try:

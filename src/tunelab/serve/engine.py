@@ -79,9 +79,14 @@ class Copies:
             self.give_back(copy)
 
 
+def serving_cores(config: TunelabConfig) -> int:
+    """The cores the server answers on: train.num_threads, default all of them."""
+    return config.train.num_threads or os.cpu_count() or 1
+
+
 def threads_per_copy(config: TunelabConfig) -> int:
-    """Each copy's share of the cores (train.num_threads, default all of them)."""
-    return max(1, (config.train.num_threads or os.cpu_count() or 1) // config.serve.workers)
+    """Each copy's share of the cores."""
+    return max(1, serving_cores(config) // config.serve.workers)
 
 
 @dataclass
@@ -245,7 +250,7 @@ class LlamaServerEngine(GgufEngine):
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [binary, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "--parallel", str(slots),
-             "--ctx-size", str(self.context * slots), "--threads", str(config.train.num_threads or os.cpu_count() or 1),
+             "--ctx-size", str(self.context * slots), "--threads", str(serving_cores(config)),
              "--no-webui", "--log-verbosity", "2"],  # warnings and errors only: the log stays small
             stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_dies_with_parent)
         atexit.register(self.close)
