@@ -288,14 +288,26 @@ def test_three_workers_on_postgresql_survive_a_killed_worker(tmp_path, tiny_mode
     assert not leaks
 
 
-@pytest.mark.parametrize(("strategy", "warned"), [("halving", True), ("grid", False)])
-def test_halving_over_training_lengths_is_warned_about(tmp_path, tiny_model_dir, caplog, strategy, warned):
-    """Halving compares trials after equal shares of their own training: with epochs in the space the
-    shorter trainings are judged on fewer examples and cut first (seen on symptom2disease: every
-    3-epoch trial fell at the first rung), so the search says so before it starts."""
+@pytest.mark.parametrize(("space", "settings", "warned"), [
+    ({"train.epochs": [1, 2]}, {"strategy": "halving"}, "varies train.epochs under halving"),
+    ({"train.epochs": [1, 2]}, {"strategy": "grid"}, None),
+    ({"train.label_smoothing": [0.0, 0.1]}, {"strategy": "halving"}, "varies train.label_smoothing under halving"),
+    ({"train.label_smoothing": [0.0, 0.1]}, {"strategy": "halving", "intermediate": "metric"}, None),
+    ({"train.learning_rate": [1e-4, 2e-4]}, {"strategy": "halving"}, None),
+])
+def test_halving_rungs_that_cannot_rank_the_space_are_warned_about(tmp_path, tiny_model_dir, caplog, space,
+                                                                   settings, warned):
+    """Halving compares trials after equal shares of their own training on validation loss: with epochs
+    in the space the shorter trainings are judged on fewer examples (seen on symptom2disease: every
+    3-epoch trial fell at the first rung), and label smoothing raises that loss by design (every
+    smoothing trial fell at the first rung), so the search says so before it starts."""
     from tunelab.pipeline import check_search_settings
 
-    config = load_config(search_config(tmp_path, tiny_model_dir, {"train.epochs": [1, 2]}, strategy=strategy))
+    path = search_config(tmp_path, tiny_model_dir, space, strategy=settings["strategy"])
+    config = load_config(path, [f"search.{key}={value}" for key, value in settings.items() if key != "strategy"])
     with caplog.at_level("WARNING", logger="tunelab.search.space"):
         check_search_settings(config)
-    assert ("varies train.epochs under halving" in caplog.text) == warned
+    if warned:
+        assert warned in caplog.text
+    else:
+        assert "under halving" not in caplog.text

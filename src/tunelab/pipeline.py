@@ -105,10 +105,10 @@ def publish(config: TunelabConfig, run_dir: RunDir) -> dict[str, Any]:
 
 def check_search_settings(config: TunelabConfig) -> None:
     """What a search needs, checked before any stage writes a file."""
-    from tunelab.search.space import validate_space, warn_if_halving_over_lengths
+    from tunelab.search.space import validate_space, warn_about_unfair_rungs
 
     validate_space(config)
-    warn_if_halving_over_lengths(config)
+    warn_about_unfair_rungs(config)
     if not config.data.validation_size and not config.data.validation_file:
         raise TunelabError("search needs a validation split: set data.validation_size (e.g. 0.1) or "
                            "data.validation_file")

@@ -18,6 +18,7 @@ from tunelab.errors import TunelabError
 log = logging.getLogger(__name__)
 
 TRAINING_LENGTH_KEYS = ("train.epochs", "train.max_steps")
+LOSS_SHAPING_KEY = "train.label_smoothing"
 
 
 def with_values(config: TunelabConfig, values: dict[str, Any]) -> TunelabConfig:
@@ -65,14 +66,26 @@ def validate_space(config: TunelabConfig) -> None:
             with_values(config, {key: int(values.low) if values.integer else values.low})
 
 
-def warn_if_halving_over_lengths(config: TunelabConfig) -> None:
-    """Halving with epochs or steps in the space favours the longest trainings: say so up front."""
+def warn_about_unfair_rungs(config: TunelabConfig) -> None:
+    """Say up front when halving's rung scores cannot rank the space fairly.
+
+    Halving compares trials after equal shares of their own training, on validation answer loss by
+    default: epochs or steps in the space judge shorter trainings on fewer examples, and label
+    smoothing raises that loss by design (it keeps probability off the right answer), so its
+    trials are cut whatever their accuracy (seen on symptom2disease in both cases).
+    """
+    if config.search.strategy != "halving":
+        return
     lengths = [key for key in TRAINING_LENGTH_KEYS if key in config.search.space]
-    if config.search.strategy == "halving" and lengths:
+    if lengths:
         log.warning("search.space varies %s under halving: trials are compared after equal shares of their own "
                     "training, so a shorter training is judged on fewer examples and cut first; keep the length "
                     "fixed (halving already decides how far each trial trains) or use --strategy grid",
                     " and ".join(lengths))
+    if LOSS_SHAPING_KEY in config.search.space and config.search.intermediate == "loss":
+        log.warning("search.space varies %s under halving on validation loss: smoothing raises that loss by "
+                    "design, so its trials are cut whatever their accuracy; set search.intermediate: metric or "
+                    "use --strategy grid", LOSS_SHAPING_KEY)
 
 
 def suggest(trial, config: TunelabConfig) -> dict[str, Any]:
