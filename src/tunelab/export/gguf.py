@@ -31,7 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.replay import recorded_answers
 from tunelab.evaluate.scoring import extract_answer
 from tunelab.export.merged import write_merged_weights
-from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, llama_cpp_module, open_gguf
+from tunelab.model.llama_cpp import compiled_grammar, gguf_metadata, label_grammar, llama_cpp_module, open_gguf
 from tunelab.model.source import base_model_name
 from tunelab.progress import progress_bar
 from tunelab.rundir import RunDir, read_jsonl, staged_directory, write_json
@@ -75,7 +75,7 @@ def gguf_answers(path: Path, tokenizer, examples: list[dict[str, Any]], labels: 
     (token for token the evaluation's prompts), under the label grammar when answers are labels."""
     prompts = [prompt_ids(tokenizer, prompt_messages(e)) for e in examples]
     model = open_gguf(path, max(map(len, prompts)) + max_new_tokens + 8, threads)
-    grammar = compiled_grammar(labels)
+    grammar = compiled_grammar(label_grammar(labels) if labels else None)
     answers = []
     with progress_bar() as shown:
         task = shown.add_task(f"asking the GGUF ({label})", total=len(prompts))

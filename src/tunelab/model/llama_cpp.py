@@ -57,8 +57,8 @@ def label_grammar(labels: list[str]) -> str:
     return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
 
 
-def compiled_grammar(labels: list[str] | None):
-    """llama.cpp's grammar object for the labels, or None (free answers)."""
-    if not labels:
+def compiled_grammar(grammar_text: str | None):
+    """llama.cpp's grammar object for a GBNF text (`label_grammar`), or None (free answers)."""
+    if grammar_text is None:
         return None
-    return llama_cpp_module().LlamaGrammar.from_string(label_grammar(labels), verbose=False)
+    return llama_cpp_module().LlamaGrammar.from_string(grammar_text, verbose=False)

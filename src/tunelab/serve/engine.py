@@ -189,7 +189,7 @@ class LlamaCppEngine(GgufEngine):
     def __init__(self, config: TunelabConfig, run_dir: RunDir, gguf: Path):
         super().__init__(config, run_dir, gguf)
         self.label_completions = label_completion_ids(self.tokenizer, self.labels, config.data.system_prompt)
-        self.grammar = compiled_grammar(self.labels if self.grammar_text else None)
+        self.grammar = compiled_grammar(self.grammar_text)
         self.copies = Copies([open_gguf(gguf, self.context, threads_per_copy(config))
                               for _ in range(config.serve.workers)])
 
