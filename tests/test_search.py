@@ -311,3 +311,29 @@ def test_halving_rungs_that_cannot_rank_the_space_are_warned_about(tmp_path, tin
         assert warned in caplog.text
     else:
         assert "under halving" not in caplog.text
+
+
+def finished_study(metric, scores, validation_rows=167):
+    study = optuna.create_study(direction="minimize" if metric == "loss" else "maximize")
+    study.set_user_attr("metric", metric)
+    for score in scores:
+        study.add_trial(optuna.trial.create_trial(
+            value=score, params={"train.learning_rate": 1e-4 * (len(study.trials) + 1)},
+            distributions={"train.learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2)},
+            user_attrs={"validation_rows": validation_rows}))
+    return study
+
+
+@pytest.mark.parametrize(("metric", "scores", "validation_rows", "level"), [
+    # session 10's grid on symptom2disease: 8, 7 and 9 of 167 rows wrong: a ranking by chance
+    ("accuracy", [0.9521, 0.9581, 0.9461], 167, [0, 2]),
+    ("accuracy", [0.9581, 0.80], 167, []),  # 26 rows apart: a real difference
+    ("accuracy", [0.9521, 0.9581], 100_000, []),  # the same gap on 100k rows is not chance
+    ("loss", [0.31, 0.30], 167, []),  # a loss is not a binomial share: no claim
+])
+def test_trials_the_validation_rows_cannot_rank_below_the_best_are_named(metric, scores, validation_rows, level):
+    """A search won by a row or two of 167 must not read as a better recipe: the trials within chance
+    (95%) of the best are listed, and only those."""
+    from tunelab.search.results import level_with_best
+
+    assert level_with_best(finished_study(metric, scores, validation_rows)) == level

@@ -31,6 +31,9 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal's width
 )
 console = Console(stderr=True)
+# Tables and answers go to stdout; piped into a file they keep their width instead of Rich's guess of
+# 80 columns, which cut a search's learning rates and scores down to "0.…".
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (sections data, model, train, evaluate, output_dir).")]
 SetOption = Annotated[
@@ -246,6 +249,7 @@ def _show_run(outputs: dict, run_dir) -> None:
     if "search" in outputs:
         console.print(f"search: best {outputs['search']['metric']} {outputs['search']['best_value']:.4f} with "
                       f"{outputs['search']['best_params']}")
+        _show_level_with_best(outputs["search"])
     metrics = json.loads((run_dir.eval / "metrics.json").read_text())
     _show_metrics(metrics, run_dir.root)
     if "publish" in outputs:
@@ -283,7 +287,7 @@ def _show_prepare(report: dict, folder: Path) -> None:
     table.add_column("rows", justify="right")
     for step, count in report["counts"].items():
         table.add_row(step.replace("_", " "), str(count))
-    Console().print(table)
+    out.print(table)
     console.print(f"{duplicates_summary(report)}; every pair is listed in duplicates.jsonl")
     clusters = report["clusters"]
     silhouette = f"{clusters['silhouette']:.3f}" if clusters["silhouette"] is not None else "n/a"
@@ -338,9 +342,19 @@ def _show_trials(result: dict) -> None:
     for row in rows:
         table.add_row(*["" if row.get(c) is None else (f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]))
                         for c in columns])
-    Console().print(table)
+    out.print(table)
     console.print(f"best {metric} {result['best_value']:.4f} with {result['best_params']}; "
                   f"config: {result['folder']}/best.yaml")
+    _show_level_with_best(result)
+
+
+def _show_level_with_best(result: dict) -> None:
+    """Say which finished trials the validation split cannot rank below the best, so that a win by a row
+    or two is not read as a better recipe."""
+    if result["level_with_best"]:
+        trials = ", ".join(f"#{n}" for n in result["level_with_best"])
+        console.print(f"level with the best: trials {trials} (on {result['validation_rows']} validation rows their "
+                      "gap could be chance, 95%); more validation rows or test seeds decide between them")
 
 
 @app.command()
@@ -418,7 +432,7 @@ def _show_decodings(table_rows: dict) -> None:
         table.add_column(key, justify="right")
     for name, metrics in table_rows.items():
         table.add_row(name, *[f"{metrics[k]:.4f}" for k in present])
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()
@@ -464,7 +478,7 @@ def generate(
             console.print("type a question, then Enter (an empty line or Ctrl-D ends)")
         questions = prompt or iter(lambda: sys.stdin.readline().strip(), "")
         for question, answer in answers(config, RunDir(run_dir), questions, show_thinking, base):
-            Console().print(answer if interactive else f"[bold]{question}[/]\n{answer}", highlight=False)
+            out.print(answer if interactive else f"[bold]{question}[/]\n{answer}", highlight=False)
     except TunelabError as error:
         _fail(error)
 
@@ -496,9 +510,9 @@ def _show_metrics(metrics: dict, run_dir: Path, data_file: str | None = None) ->
         table.add_column(name, justify="right")
     for key, values in rows:
         table.add_row(key, *["—" if value is None else f"{value:.4f}" for value in values])
-    Console().print(table)
+    out.print(table)
     if metrics.get("verdict"):
-        Console().print(metrics["verdict"], highlight=False)
+        out.print(metrics["verdict"], highlight=False)
     folder = RunDir(run_dir).evaluation(data_file)
     rows = example_rows(folder, config_from_run_dir(run_dir).evaluate.num_examples_shown)
     if rows:
@@ -507,4 +521,4 @@ def _show_metrics(metrics: dict, run_dir: Path, data_file: str | None = None) ->
             examples.add_column(column, overflow="ellipsis", no_wrap=True, max_width=34 if column == "input" else 20)
         for row in rows:
             examples.add_row(row["input"], row["gold"], *[row.get(f"{name}_answer", "") for name in names])
-        Console().print(examples)
+        out.print(examples)
