@@ -67,6 +67,10 @@ CASES = {
                        "'train.method': Input should be 'full', 'lora' or 'qlora'"),
     "mistyped key": (lambda t: {"data": {"source": csv_file(t)}, "train": {"learning_rte": 1e-4}},
                      "unknown key 'train.learning_rte' (did you mean train.learning_rate? allowed:"),
+    "reversed search range": (lambda t: {"data": {"source": csv_file(t)}, "search": {
+        "strategy": "tpe", "space": {"train.learning_rate": {"low": 1e-3, "high": 1e-4}}}},
+        # found by test_fuzz: Optuna raised its ValueError inside the first trial
+        "'search.space.train.learning_rate': low 0.001 is above high 0.0001"),
     "value of the wrong type": (lambda t: {"data": {"source": csv_file(t)}, "train": {"epochs": "many"}},
                                 "'train.epochs': Input should be a valid number"),
     "a directory that is no model": (lambda t: {"data": {"source": csv_file(t)}, "model": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -215,6 +216,14 @@ class Range(Section):
     log: bool = False
     integer: bool = False
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low:g} is above high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        return self
+
 
 class SearchConfig(Section):
     """Hyperparameter search on the validation split; the winner is written as best.yaml."""
@@ -393,19 +402,25 @@ def _config_keys(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     (`prepare.k.constrained-int` is `prepare.k`)."""
     model: type[BaseModel] | None = TunelabConfig
     keys = []
+    mapping = False
     for part in loc:
+        if mapping:  # the entry of a mapping such as search.space: 'search.space.train.learning_rate'
+            keys.append(part)
+            break
         if keys and (part not in model.model_fields if model is not None else not isinstance(part, int)):
             break  # past a leaf: a union branch such as 'constrained-int' (list positions stay)
         keys.append(part)
         field = model.model_fields.get(str(part)) if model is not None else None
         annotation = field.annotation if field else None
+        mapping = typing.get_origin(annotation) is dict
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return tuple(keys)
 
 
 def _describe(error: ValidationError, origin: str, overridden: set[str]) -> str:
     """One line naming the key, and where it came from: the file, or the --set that introduced it."""
-    first = error.errors()[0]
+    # An explicit check's message (value_error) says more than a union's other branches ("should be a list").
+    first = next((e for e in error.errors() if e["type"] == "value_error"), error.errors()[0])
     keys = first["loc"] if first["type"] == "extra_forbidden" else _config_keys(first["loc"])
     location = ".".join(str(part) for part in keys)
     if location in overridden:
