@@ -337,3 +337,14 @@ def test_trials_the_validation_rows_cannot_rank_below_the_best_are_named(metric,
     from tunelab.search.results import level_with_best
 
     assert level_with_best(finished_study(metric, scores, validation_rows)) == level
+
+
+def test_a_trial_the_cpu_cannot_allocate_fails_and_the_search_goes_on(tmp_path, tiny_model_dir):
+    """Found by test_fuzz: LoRA rank 10**12 asks the CPU allocator for 256 TB; its RuntimeError ended the
+    whole search with a traceback. Out of memory is a failed trial with its reason, like a CUDA OOM."""
+    config, run_dir, study = run(search_config(tmp_path, tiny_model_dir, {"train.lora.r": [10**12, 4]}))
+    states = {t.params["train.lora.r"]: t for t in study.get_trials()}
+    assert states[10**12].state == TrialState.FAIL
+    assert "can't allocate memory" in states[10**12].user_attrs["fail_reason"]
+    assert states[4].state == TrialState.COMPLETE
+    assert write_results(config, study, run_dir)["best_params"] == {"train.lora.r": 4}

@@ -139,10 +139,15 @@ class Objective:
 
         try:
             outcome = run_training(trial_config, folder, callbacks=(reporter, self.display, *callbacks), quiet=True)
-        except (TrainingDiverged, torch.OutOfMemoryError) as error:
-            trial.set_user_attr("fail_reason", str(error).splitlines()[0])
-            self.display.end_trial(trial.study, trial.number, f"failed: {str(error).splitlines()[0]} ({seconds()})")
-            raise
+        except Exception as error:
+            if not (isinstance(error, TrainingDiverged) or _out_of_memory(error)):
+                raise
+            reason = str(error).splitlines()[0]
+            trial.set_user_attr("fail_reason", reason)
+            self.display.end_trial(trial.study, trial.number, f"failed: {reason} ({seconds()})")
+            if isinstance(error, TrainingDiverged | torch.OutOfMemoryError):
+                raise
+            raise torch.OutOfMemoryError(reason) from error  # the search records it and goes on
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 1))
         trial.set_user_attr("training_tokens", outcome.summary["tokens_seen"])
@@ -161,6 +166,13 @@ class Objective:
             raise TrainingDiverged(f"trial {trial.number}: validation {self.metric} is {value}")
         self.display.end_trial(trial.study, trial.number, f"validation {self.metric} {value:.4f} ({seconds()})", value)
         return value
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError (found by test_fuzz: a search over
+    train.lora.r with 10**12 in it asked for 256 TB)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 def trial_folder(run_dir: RunDir, number: int) -> RunDir:
