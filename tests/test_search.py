@@ -10,8 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from transformers import TrainerControl, TrainerState
+from typer.testing import CliRunner
 
 from conftest import make_label_rows, write_config, write_csv
+from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.data.prepare import prepare_stage
 from tunelab.rundir import RunDir
@@ -345,6 +347,19 @@ def test_a_trial_the_cpu_cannot_allocate_fails_and_the_search_goes_on(tmp_path, 
     config, run_dir, study = run(search_config(tmp_path, tiny_model_dir, {"train.lora.r": [10**12, 4]}))
     states = {t.params["train.lora.r"]: t for t in study.get_trials()}
     assert states[10**12].state == TrialState.FAIL
-    assert "can't allocate memory" in states[10**12].user_attrs["fail_reason"]
+    assert states[10**12].user_attrs["fail_reason"].startswith("out of CPU memory: you tried to allocate")
     assert states[4].state == TrialState.COMPLETE
     assert write_results(config, study, run_dir)["best_params"] == {"train.lora.r": 4}
+
+
+def test_a_search_whose_every_trial_fails_says_why_in_one_line(tmp_path, tiny_model_dir):
+    """Found by test_fuzz: Optuna's warning put a traceback in the output of a failure the search had
+    already reported, and the closing error only said to look in trials.csv."""
+    config_path = search_config(tmp_path, tiny_model_dir, {"train.lora.r": [10**12]}, strategy="grid")
+    result = CliRunner().invoke(app, ["search", str(config_path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert error == ["error: no trial completed; trial 0 (train.lora.r=1000000000000) failed: out of CPU memory: "
+                     "you tried to allocate 256000000000000 bytes. Error code 12 (Cannot allocate memory): nothing "
+                     "to export (see search/trials.csv for every trial's reason)"], result.output

@@ -53,6 +53,10 @@ def _setup_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*experimental.*")
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="sklearn")  # e.g. PCA of 2 rows
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # read the variable at its import: an in-process caller (a notebook)
+        from transformers.utils import logging as transformers_logging
+
+        (transformers_logging.enable_progress_bar if verbose else transformers_logging.disable_progress_bar)()
     if sys.stderr.isatty():
         handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -67,11 +67,21 @@ def level_with_best(study: optuna.Study) -> list[int]:
 def best_config(config: TunelabConfig, study: optuna.Study) -> TunelabConfig:
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
-        raise TunelabError("no trial completed: nothing to export (see search/trials.csv for the reasons)")
+        raise TunelabError(f"no trial completed{_first_failure(study)}: nothing to export "
+                           "(see search/trials.csv for every trial's reason)")
     best = study.best_trial
     winner = with_values(config, best.params)
     winner.search.space = {}
     return winner
+
+
+def _first_failure(study: optuna.Study) -> str:
+    """Why the first failed trial failed, with its values: often every trial fails for the same reason."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if "fail_reason" in trial.user_attrs:
+            values = ", ".join(f"{key}={value}" for key, value in trial.params.items())
+            return f"; trial {trial.number} ({values}) failed: {trial.user_attrs['fail_reason']}"
+    return ""
 
 
 def write_results(config: TunelabConfig, study: optuna.Study, run_dir: RunDir) -> dict[str, Any]:

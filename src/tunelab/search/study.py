@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -142,7 +143,7 @@ class Objective:
         except Exception as error:
             if not (isinstance(error, TrainingDiverged) or _out_of_memory(error)):
                 raise
-            reason = str(error).splitlines()[0]
+            reason = _failure_reason(error)
             trial.set_user_attr("fail_reason", reason)
             self.display.end_trial(trial.study, trial.number, f"failed: {reason} ({seconds()})")
             if isinstance(error, TrainingDiverged | torch.OutOfMemoryError):
@@ -173,6 +174,26 @@ def _out_of_memory(error: BaseException) -> bool:
     train.lora.r with 10**12 in it asked for 256 TB)."""
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def _failure_reason(error: BaseException) -> str:
+    """One line a user can act on; the CPU allocator's message starts with a C++ enforce trace."""
+    reason = str(error).splitlines()[0]
+    if "DefaultCPUAllocator: " in reason:
+        reason = "out of CPU memory: " + reason.split("DefaultCPUAllocator: ", 1)[1].removeprefix(
+            "can't allocate memory: ")
+    return reason
+
+
+class _ReportedFailures(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (one with a traceback): the search display already
+    says in one line why each trial failed, and a failure the search does not catch reaches the CLI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r"Trial \d+ failed", record.getMessage())
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_ReportedFailures())  # where Optuna logs them
 
 
 def trial_folder(run_dir: RunDir, number: int) -> RunDir:
