@@ -71,6 +71,13 @@ CASES = {
         "strategy": "tpe", "space": {"train.learning_rate": {"low": 1e-3, "high": 1e-4}}}},
         # found by test_fuzz: Optuna raised its ValueError inside the first trial
         "'search.space.train.learning_rate': low 0.001 is above high 0.0001"),
+    "LoRA on no layer": (lambda t: {"data": {"source": csv_file(t)}, "train": {"lora": {"target_modules": ["nope"]}}},
+                         # found by test_fuzz: PEFT's NoMatchingPeftModuleError ended in a traceback
+                         "train.lora.target_modules: ['nope'] match no layer of Qwen2ForCausalLM; its linear layers: "
+                         "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj (or all-linear)"),
+    "LoRA on no layer, in a search": (lambda t: {"data": {"source": csv_file(t)}, "search": {
+        "space": {"train.lora.target_modules": [["q_proj"], ["nope", "v_prj"]]}}},
+        "train.lora.target_modules: ['nope', 'v_prj'] match no layer of Qwen2ForCausalLM"),
     "value of the wrong type": (lambda t: {"data": {"source": csv_file(t)}, "train": {"epochs": "many"}},
                                 "'train.epochs': Input should be a valid number"),
     "a directory that is no model": (lambda t: {"data": {"source": csv_file(t)}, "model": {

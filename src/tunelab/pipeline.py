@@ -21,6 +21,7 @@ from typing import Any
 from tunelab.config import TunelabConfig, config_dump, config_from_run_dir, load_config, save_config
 from tunelab.data.prepare import duplicates_summary, input_hash, prepare_stage
 from tunelab.errors import TunelabError
+from tunelab.model.adapters import check_adapter_targets
 from tunelab.model.source import check_source
 from tunelab.rundir import RunDir, clear_stale, removed_on_failure, write_json
 from tunelab.train.tracking import TrackedRun, check_trackers
@@ -126,6 +127,7 @@ def search_run(config_path: Path, overrides: list[str], output_dir: Path | None)
     config, run_dir = load(config_path, overrides, output_dir)
     check_search_settings(config)
     check_source(config.model)
+    check_adapter_targets(config)
     check_trackers(config)
     with removed_on_failure(run_dir.root):
         prepare(config, run_dir)
@@ -138,6 +140,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
     under `accelerate launch` the main process prepares the data and evaluates."""
     config, run_dir = load(config_path, overrides, output_dir)
     check_source(config.model)  # before any stage writes a file
+    check_adapter_targets(config)
     check_trackers(config)
     if resume:
         if not run_dir.split("train").is_file():
@@ -272,10 +275,11 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
     """Run every stage that is not done with the same inputs; return what each produced."""
     if from_stage and from_stage not in STAGES:
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
-    check_source(config.model)
-    check_trackers(config)
     if config.search.space:
         check_search_settings(config)
+    check_source(config.model)
+    check_adapter_targets(config)
+    check_trackers(config)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     outputs: dict[str, Any] = {"skipped": []}
     hashes = stage_hashes(config)

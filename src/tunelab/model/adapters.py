@@ -14,7 +14,7 @@ import torch
 
 from tunelab.config import ModelConfig, TrainConfig, TunelabConfig
 from tunelab.errors import TunelabError
-from tunelab.model.load import load_model, load_tokenizer
+from tunelab.model.load import from_pretrained, load_model, load_tokenizer
 from tunelab.model.source import ModelSource, materialize
 from tunelab.rundir import RunDir
 
@@ -41,6 +41,36 @@ def attach_adapters(model, train: TrainConfig):
     )
     # PEFT keeps the adapters in fp32 over a bf16/fp16 base (autocast_adapter_dtype, its default).
     return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def check_adapter_targets(config: TunelabConfig) -> None:
+    """LoRA's target_modules (the config's, and each one a search may try) name layers of this
+    architecture: checked with PEFT's own matching on an empty (meta-device) copy of the model before
+    any stage runs, not after the data was prepared."""
+    space = config.search.space or {}
+    searched = space.get("train.lora.target_modules")
+    trains_adapters = config.train.method != "full" or "train.method" in space
+    targets = [*(searched if isinstance(searched, list) else []),
+               *([config.train.lora.target_modules] if trains_adapters else [])]
+    targets = [target for target in targets if target != "all-linear"]
+    if not targets:
+        return
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = config.model.trust_remote_code
+    architecture = from_pretrained(AutoConfig, materialize(config.model), trust_remote_code=trust)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(architecture, trust_remote_code=trust)
+    names = [name for name, _ in model.named_modules()]
+    for target in targets:
+        lora = LoraConfig(target_modules=target, task_type="CAUSAL_LM")
+        if not any(check_target_module_exists(lora, name) for name in names):
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise TunelabError(f"train.lora.target_modules: {target} match no layer of {type(model).__name__}; "
+                               f"its linear layers: {', '.join(linear)} (or all-linear)")
 
 
 def parameter_count(parameter: torch.nn.Parameter) -> int:

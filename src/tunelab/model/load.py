@@ -47,7 +47,7 @@ def _attn_implementation(config: ModelConfig) -> str | None:
     return "sdpa"
 
 
-def _from_pretrained(loader, source: ModelSource, **kwargs):
+def from_pretrained(loader, source: ModelSource, **kwargs):
     """`loader.from_pretrained` with a missing/unreachable model turned into one line."""
     try:
         return loader.from_pretrained(source.path, revision=source.revision, **kwargs)
@@ -58,7 +58,7 @@ def _from_pretrained(loader, source: ModelSource, **kwargs):
 def load_tokenizer(source: ModelSource, config: ModelConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=config.trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, source, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -87,7 +87,7 @@ def load_model(source: ModelSource, config: ModelConfig, quantize_4bit: bool = F
         )
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    model = from_pretrained(AutoModelForCausalLM, source, **kwargs)
     if torch.cuda.is_available() and not quantize_4bit:
         model.to("cuda")
     return model
