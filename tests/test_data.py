@@ -28,6 +28,16 @@ def test_csv_jsonl_and_parquet_load_the_same_rows(tmp_path):
         assert load_rows(str(tmp_path / name)) == rows
 
 
+def test_unicode_line_separators_inside_a_jsonl_text_stay_in_the_row(tmp_path):
+    """Found by test_fuzz: JSON writes U+2028, U+0085 or a form feed raw inside a string, and the loader
+    split lines on them too, so a valid file read as "not valid JSON" (CRLF line ends still work)."""
+    rows = [{"text": "fever\u2028and chills\x85for days\x0c", "label": "Flu"},
+            {"text": "itchy skin", "label": "Eczema"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows),
+                                      encoding="utf-8", newline="")
+    assert load_rows(str(tmp_path / "d.jsonl")) == rows
+
+
 def test_rows_become_chats_with_the_system_prompt(tmp_path):
     rows = [{"text": " I sneeze a lot. ", "label": "Allergy"}]
     [example] = rows_to_examples(rows, data_config("x.csv", system_prompt="Diagnose."), "x.csv")

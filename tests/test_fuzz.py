@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from conftest import make_label_rows
 from tunelab.cli import app
+from tunelab.rundir import read_jsonl
 
 BUDGET = int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "0"))
 KEYS_IN_ERRORS = ("data.", "prepare.", "train.", "search.", "evaluate.", "model.", "publish.", "row ", "line ",
@@ -151,8 +152,7 @@ def check_outcome(result, folder: Path, data_file: Path) -> None:
         record(f"exit 2: {reason}")
         return
     record("exit 0")
-    splits = {name: [json.loads(line) for line in (run / "data" / f"{name}.jsonl").read_text().splitlines()]
-              for name in ("train", "validation", "test")}
+    splits = {name: read_jsonl(run / "data" / f"{name}.jsonl") for name in ("train", "validation", "test")}
     assert splits["train"] and splits["test"], {name: len(rows) for name, rows in splits.items()}
     trained = {row["label"] for row in splits["train"]}
     assert {row["label"] for row in splits["test"] + splits["validation"]} <= trained

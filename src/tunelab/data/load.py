@@ -81,7 +81,7 @@ def _read_text(path: Path) -> str:
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
         try:
