@@ -184,6 +184,18 @@ def test_labels_with_one_or_two_rows_are_split_without_losing_training_rows(tmp_
         assert abs(n - counts[label] * 0.2) <= 1, label
 
 
+def test_a_held_out_share_that_leaves_a_label_nothing_to_train_on_names_the_setting(tmp_path):
+    """Found by test_fuzz: data.validation_size 0.75 ended in scikit-learn's ValueError (train_size 2 is
+    under 3 classes); with that fixed, the error blamed test labels rather than the share."""
+    path = write_csv(tmp_path / "d.csv", _many_label_rows({"a": 10, "b": 10, "c": 4}))
+    with pytest.raises(TunelabError, match=r"d.csv: data.validation_size=0.75 holds out every row of 2 label\(s\), "
+                                           r"leaving none to train on: 'a', 'c'; lower data.validation_size"):
+        build_splits(TunelabConfig(data=data_config(path, validation_size=0.75), prepare={"dedup_threshold": None}))
+    splits = build_splits(TunelabConfig(data=data_config(path, validation_size=0.5),
+                                        prepare={"dedup_threshold": None})).splits
+    assert {e["label"] for e in splits["train"]} == {"a", "b", "c"}
+
+
 def test_a_share_under_one_row_still_holds_one_out_and_one_row_labels_cannot(tmp_path):
     path = write_csv(tmp_path / "d.csv", _many_label_rows({"a": 10, "b": 10}))
     config = TunelabConfig(data=data_config(path, test_size=0.02), prepare={"dedup_threshold": None})

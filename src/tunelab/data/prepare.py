@@ -26,6 +26,7 @@ from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
 from tunelab.data.split import (
     check_held_out,
+    check_training_side,
     drop_exact_duplicates,
     label_counts,
     labels_without_rows,
@@ -158,11 +159,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         split_from = pool
         pool, test_rows = stratified_split(pool, data.test_size, config.seed)
         check_held_out("test", test_rows, data.test_size, distinct, data.source, near_removed)
+        check_training_side(pool, split_from, "data.test_size", data.test_size, data.source)
         unheld["test"] = labels_without_rows(split_from, test_rows, "test", "data.test_size", data.test_size)
     if given_validation is None:
         holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
         train_pool, validation = stratified_split(pool, holdout_share, config.seed)
         check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
+        check_training_side(train_pool, pool, "data.validation_size", data.validation_size, data.source)
         if validation:
             unheld["validation"] = labels_without_rows(pool, validation, "validation", "data.validation_size",
                                                        data.validation_size)

@@ -66,9 +66,9 @@ def stratified_split(
     """Split off round(`fraction` x rows) rows (at least one), stratified by label when rows have labels.
 
     Labels with a single row cannot be in both parts; they stay on the first (training) side. With at
-    least one held-out row per label, scikit-learn's stratified split draws them; with fewer (many
-    labels, a small share) a systematic stratified draw keeps the requested size, each label within
-    one row of its share.
+    least one row per label on each side, scikit-learn's stratified split draws them; with fewer (many
+    labels, a small share, or a share near all the rows) a systematic stratified draw keeps the
+    requested size, each label within one row of its share.
     """
     if not examples or fraction <= 0:
         return list(examples), []
@@ -81,7 +81,7 @@ def stratified_split(
     n_held = max(round(len(splittable) * fraction), 1)  # a share under one row still holds one out
     if n_held >= len(splittable):
         return list(examples), []
-    if n_held >= len({e["label"] for e in splittable}):
+    if min(n_held, len(splittable) - n_held) >= len({e["label"] for e in splittable}):
         kept, held = train_test_split(
             splittable, test_size=n_held, random_state=seed, stratify=[e["label"] for e in splittable]
         )
@@ -117,6 +117,17 @@ def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool:
         hints.append("set data.validation_size: 0")
     raise TunelabError(f"{origin}: the {pool} distinct rows left after de-duplication leave the {part} split "
                        f"({fraction:g}) empty: {', or '.join(hints)}")
+
+
+def check_training_side(kept: list[dict[str, Any]], pool: list[dict[str, Any]], setting: str, share: float,
+                        origin: str) -> None:
+    """A held-out share so large that a label keeps no row to train on is an error naming the setting
+    (found by test_fuzz: data.validation_size 0.75 of 42 rows ended in scikit-learn's ValueError)."""
+    lost = sorted({e["label"] for e in pool if "label" in e} - {e["label"] for e in kept if "label" in e})
+    if lost:
+        shown = ", ".join(f"'{label}'" for label in lost[:10]) + (" ..." if len(lost) > 10 else "")
+        raise TunelabError(f"{origin}: {setting}={share:g} holds out every row of {len(lost)} label(s), leaving "
+                           f"none to train on: {shown}; lower {setting}")
 
 
 def stratified_subset(examples: list[dict[str, Any]], limit: int | None, seed: int, setting: str,
