@@ -143,12 +143,7 @@ class Objective:
         except Exception as error:
             if not (isinstance(error, TrainingDiverged) or _out_of_memory(error)):
                 raise
-            reason = _failure_reason(error)
-            trial.set_user_attr("fail_reason", reason)
-            self.display.end_trial(trial.study, trial.number, f"failed: {reason} ({seconds()})")
-            if isinstance(error, TrainingDiverged | torch.OutOfMemoryError):
-                raise
-            raise torch.OutOfMemoryError(reason) from error  # the search records it and goes on
+            raise self._failed(trial, _failure_reason(error), seconds()) from error
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 1))
         trial.set_user_attr("training_tokens", outcome.summary["tokens_seen"])
@@ -162,11 +157,19 @@ class Objective:
         value = score_examples(outcome.model, outcome.tokenizer, self.ranked_on, self.labels, trial_config,
                                self.metric)
         if not math.isfinite(value):
-            trial.set_user_attr("fail_reason", f"validation {self.metric} is {value}")
-            self.display.end_trial(trial.study, trial.number, f"failed: validation {self.metric} is {value}")
-            raise TrainingDiverged(f"trial {trial.number}: validation {self.metric} is {value}")
+            raise self._failed(trial, f"validation {self.metric} is {value}", seconds())
         self.display.end_trial(trial.study, trial.number, f"validation {self.metric} {value:.4f} ({seconds()})", value)
         return value
+
+    def _failed(self, trial: optuna.Trial, reason: str, seconds: str) -> TrialFailed:
+        """Record and show why the trial failed; the search marks it failed and goes on."""
+        trial.set_user_attr("fail_reason", reason)
+        self.display.end_trial(trial.study, trial.number, f"failed: {reason} ({seconds})")
+        return TrialFailed(f"trial {trial.number}: {reason}")
+
+
+class TrialFailed(Exception):
+    """A trial that diverged, ran out of memory or scored NaN: a failed trial, not a failed search."""
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -356,7 +359,7 @@ def run_search(config: TunelabConfig, run_dir: RunDir) -> optuna.Study:
     measure, sign = intermediate_measure(config, metric)
     study.set_user_attr("intermediate", {"measure": measure, "sign": sign, "units": progress_plan(config)[0]})
     _retry_dead_local_trials(study, run_dir)
-    failures = (TrainingDiverged, torch.OutOfMemoryError, DuplicateTrial)
+    failures = (TrialFailed, DuplicateTrial)
 
     def retry_dead_trials(study: optuna.Study, _trial) -> None:
         _retry_dead_local_trials(study, run_dir)
