@@ -115,6 +115,14 @@ def check_search_settings(config: TunelabConfig) -> None:
                            "data.validation_file")
 
 
+def check_model_and_trackers(config: TunelabConfig) -> None:
+    """The model can be had, LoRA's targets are layers of it, the trackers are reachable: checked before
+    any stage writes a file, so a typo is one line and not a failure after the data was prepared."""
+    check_source(config.model)
+    check_adapter_targets(config)
+    check_trackers(config)
+
+
 def prepare_run(config_path: Path, overrides: list[str], output_dir: Path | None) -> tuple[RunDir, dict[str, Any]]:
     """`tunelab prepare`: only the data stage, into RUN_DIR/data."""
     config, run_dir = load(config_path, overrides, output_dir)
@@ -126,9 +134,7 @@ def search_run(config_path: Path, overrides: list[str], output_dir: Path | None)
     """`tunelab search`: prepare (if needed), run or resume the study, export the winner."""
     config, run_dir = load(config_path, overrides, output_dir)
     check_search_settings(config)
-    check_source(config.model)
-    check_adapter_targets(config)
-    check_trackers(config)
+    check_model_and_trackers(config)
     with removed_on_failure(run_dir.root):
         prepare(config, run_dir)
         return search(config, run_dir)
@@ -139,9 +145,7 @@ def train_run(config_path: Path, overrides: list[str], output_dir: Path | None,
     """`tunelab train`: validate everything first (config, data, model path), then write the run and train;
     under `accelerate launch` the main process prepares the data and evaluates."""
     config, run_dir = load(config_path, overrides, output_dir)
-    check_source(config.model)  # before any stage writes a file
-    check_adapter_targets(config)
-    check_trackers(config)
+    check_model_and_trackers(config)  # before any stage writes a file
     if resume:
         if not run_dir.split("train").is_file():
             raise TunelabError(f"{run_dir.root}: nothing to resume (no data/train.jsonl)")
@@ -277,9 +281,7 @@ def run_pipeline(config: TunelabConfig, run_dir: RunDir, from_stage: str | None 
         raise TunelabError(f"--from {from_stage}: not a stage (stages: {', '.join(STAGES)})")
     if config.search.space:
         check_search_settings(config)
-    check_source(config.model)
-    check_adapter_targets(config)
-    check_trackers(config)
+    check_model_and_trackers(config)
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     outputs: dict[str, Any] = {"skipped": []}
     hashes = stage_hashes(config)
