@@ -26,7 +26,6 @@ from tunelab.data.represent import representativeness
 from tunelab.data.sample import kmeans_sample, random_sample, sample_size
 from tunelab.data.split import (
     check_held_out,
-    check_training_side,
     drop_exact_duplicates,
     label_counts,
     labels_without_rows,
@@ -159,13 +158,13 @@ def build_splits(config: TunelabConfig, cache_dir: Path | None = None) -> Prepar
         split_from = pool
         pool, test_rows = stratified_split(pool, data.test_size, config.seed)
         check_held_out("test", test_rows, data.test_size, distinct, data.source, near_removed)
-        check_training_side(pool, split_from, "data.test_size", data.test_size, data.source)
+        _check_training_side(pool, split_from, "data.test_size", data.test_size, data.source)
         unheld["test"] = labels_without_rows(split_from, test_rows, "test", "data.test_size", data.test_size)
     if given_validation is None:
         holdout_share = data.validation_size / (1 - (0 if given_test else data.test_size))
         train_pool, validation = stratified_split(pool, holdout_share, config.seed)
         check_held_out("validation", validation, data.validation_size, distinct, data.source, near_removed)
-        check_training_side(train_pool, pool, "data.validation_size", data.validation_size, data.source)
+        _check_training_side(train_pool, pool, "data.validation_size", data.validation_size, data.source)
         if validation:
             unheld["validation"] = labels_without_rows(pool, validation, "validation", "data.validation_size",
                                                        data.validation_size)
@@ -242,15 +241,32 @@ def _sample(config: TunelabConfig, labels: list, clusters: np.ndarray, space: np
     return kmeans_sample(labels, clusters, space, budget, prepare.min_per_label, prepare.within_cluster, config.seed)
 
 
-def _check_test_labels(train: list[dict], test: list[dict], origin: str, split: str = "test") -> None:
+def _labels_not_in(train: list[dict], held: list[dict]) -> list[str]:
     seen = {example.get("label") for example in train}
-    unseen = sorted({e["label"] for e in test if "label" in e and e["label"] not in seen})
+    return sorted({e["label"] for e in held if "label" in e and e["label"] not in seen})
+
+
+def _named(labels: list[str]) -> str:
+    """'a', 'b' and 3 more: the labels an error line names."""
+    more = f" and {len(labels) - SHOWN_LABELS} more" if len(labels) > SHOWN_LABELS else ""
+    return ", ".join(f"'{label}'" for label in labels[:SHOWN_LABELS]) + more
+
+
+def _check_test_labels(train: list[dict], test: list[dict], origin: str, split: str = "test") -> None:
+    unseen = _labels_not_in(train, test)
     if unseen:
-        shown = ", ".join(f"'{label}'" for label in unseen[:SHOWN_LABELS])
-        more = f" and {len(unseen) - SHOWN_LABELS} more" if len(unseen) > SHOWN_LABELS else ""
         plural = "s" if len(unseen) > 1 else ""
         raise TunelabError(f"{origin}: {len(unseen)} {split} label{plural} never appear{'' if plural else 's'} in "
-                           f"training: {shown}{more}")
+                           f"training: {_named(unseen)}")
+
+
+def _check_training_side(kept: list[dict], pool: list[dict], setting: str, share: float, origin: str) -> None:
+    """A held-out share so large that a label keeps no row to train on is an error naming the setting
+    (found by test_fuzz: data.validation_size 0.75 of 42 rows ended in scikit-learn's ValueError)."""
+    lost = _labels_not_in(kept, pool)
+    if lost:
+        raise TunelabError(f"{origin}: {setting}={share:g} holds out every row of {len(lost)} label(s), leaving "
+                           f"none to train on: {_named(lost)}; lower {setting}")
 
 
 def duplicates_summary(report: dict[str, Any]) -> str:

@@ -119,17 +119,6 @@ def check_held_out(part: str, held: list[dict[str, Any]], fraction: float, pool:
                        f"({fraction:g}) empty: {', or '.join(hints)}")
 
 
-def check_training_side(kept: list[dict[str, Any]], pool: list[dict[str, Any]], setting: str, share: float,
-                        origin: str) -> None:
-    """A held-out share so large that a label keeps no row to train on is an error naming the setting
-    (found by test_fuzz: data.validation_size 0.75 of 42 rows ended in scikit-learn's ValueError)."""
-    lost = sorted({e["label"] for e in pool if "label" in e} - {e["label"] for e in kept if "label" in e})
-    if lost:
-        shown = ", ".join(f"'{label}'" for label in lost[:10]) + (" ..." if len(lost) > 10 else "")
-        raise TunelabError(f"{origin}: {setting}={share:g} holds out every row of {len(lost)} label(s), leaving "
-                           f"none to train on: {shown}; lower {setting}")
-
-
 def stratified_subset(examples: list[dict[str, Any]], limit: int | None, seed: int, setting: str,
                       quiet: bool = False) -> list[dict[str, Any]]:
     """At most `limit` rows, drawn stratified by label with a fixed seed: never the first rows of a
